@@ -1,0 +1,92 @@
+"""Common interface of every attribution method in evax.
+
+``Method(model, **hyper).attribute(inputs, target=None) -> (N, H, W)`` for images (channels
+reduced), or ``(N, D)`` for flat inputs; ``attribute_raw`` keeps the input's shape
+``(N, C, H, W)``. ``target`` is an int, a sequence or an int tensor ``(N,)``; ``None`` means the
+model's predicted class.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from evax.errors import InvalidInputError
+
+TargetLike = int | Sequence[int] | torch.Tensor | None
+
+
+def resolve_target(model: nn.Module, inputs: torch.Tensor, target: TargetLike) -> torch.Tensor:
+    """Turn ``target`` into an int64 tensor ``(N,)`` on ``inputs.device``.
+
+    ``None`` -> ``argmax model(inputs)``. Raises :class:`InvalidInputError` for a wrong length or a
+    class index outside ``[0, n_classes)``.
+    """
+    n = inputs.shape[0]
+    if target is None:
+        with torch.no_grad():
+            return model(inputs).argmax(dim=1)
+    t = torch.as_tensor(target, dtype=torch.long, device=inputs.device)
+    if t.ndim == 0:
+        t = t.expand(n).clone()
+    if t.ndim != 1 or t.shape[0] != n:
+        raise InvalidInputError(f"target must be an int or have shape ({n},), got {tuple(t.shape)}")
+    with torch.no_grad():
+        n_classes = model(inputs[:1]).shape[1]
+    if (t < 0).any() or (t >= n_classes).any():
+        raise InvalidInputError(f"target out of range [0, {n_classes}): {t.tolist()}")
+    return t
+
+
+def check_inputs(inputs: torch.Tensor) -> None:
+    """Reject non-tensors, missing batch dimension and NaN/inf values."""
+    if not isinstance(inputs, torch.Tensor):
+        raise InvalidInputError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+    if inputs.ndim < 2:
+        raise InvalidInputError(f"inputs need a batch dimension (N, ...), got {tuple(inputs.shape)}")
+    if not torch.isfinite(inputs).all():
+        raise InvalidInputError("inputs contain NaN or inf")
+
+
+def reduce_channels(attr: torch.Tensor, how: str = "sum") -> torch.Tensor:
+    """(N, C, H, W) -> (N, H, W) by summing (``"sum"``), summing absolute values (``"abs"``) or
+    taking the max absolute value (``"max_abs"``) over channels; other shapes are returned as is.
+    """
+    if attr.ndim != 4:
+        return attr
+    if how == "sum":
+        return attr.sum(dim=1)
+    if how == "abs":
+        return attr.abs().sum(dim=1)
+    if how == "max_abs":
+        return attr.abs().amax(dim=1)
+    raise InvalidInputError(f"unknown channel reduction {how!r}: use 'sum', 'abs' or 'max_abs'")
+
+
+class Attribution(ABC):
+    """Base class: subclasses implement :meth:`attribute_raw`.
+
+    Args:
+        model: a classifier mapping ``(N, ...)`` inputs to ``(N, n_classes)`` logits.
+        reduce: channel reduction used by :meth:`attribute` (see :func:`reduce_channels`).
+    """
+
+    name: str = "attribution"
+
+    def __init__(self, model: nn.Module, reduce: str = "sum") -> None:
+        self.model = model
+        self.reduce = reduce
+
+    @abstractmethod
+    def attribute_raw(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
+        """Attributions with the input's shape ``(N, C, H, W)`` (or ``(N, D)``)."""
+
+    def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
+        """Attributions ``(N, H, W)`` for images (channels reduced), ``(N, D)`` for flat inputs."""
+        return reduce_channels(self.attribute_raw(inputs, target), self.reduce)
+
+    def __call__(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
+        return self.attribute(inputs, target)
