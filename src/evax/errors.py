@@ -37,3 +37,10 @@ class NotApplicableError(EvaxError, ValueError):
 
 class DataSourceError(EvaxError, RuntimeError):
     """A dataset or weight file could not be found or fetched; the message says how to get it."""
+
+
+class MissingDependencyError(EvaxError, ImportError):
+    """An optional dependency (h5py, scikit-learn, onnx, onnx2torch, captum...) is missing.
+
+    The message says what needs it and the command that installs it.
+    """
