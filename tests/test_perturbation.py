@@ -56,3 +56,25 @@ def test_box_and_stack():
     s = stack_balls([a, b])
     assert s.batch_size == 3 and s.fixed.shape == (3, 3)
     assert "Ball(batch=3" in repr(s)
+
+
+@pytest.mark.parametrize("p", [math.inf, 2.0, 1.0])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_half_balls(p, sign):
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 6, generator=gen)
+    ball = evax.Ball(x, 0.4, p=p, sign=sign)
+    pts = ball.sample(4000, generator=gen, corners=0.5)
+    assert ((pts - x) * sign >= 0).all()
+    a = torch.randn(2, 3, 6, generator=gen)
+    lower = ball.concretize(a, torch.zeros(2, 3))
+    values = torch.einsum("bkd,sbd->sbk", a, pts)
+    assert (values >= lower - 1e-5).all()
+    if p == 2.0:  # the minimiser: eps times the unit vector of the exploitable coefficients
+        m = (-a).clamp_min(0) if sign > 0 else (-a).clamp_max(0)
+        best = x.unsqueeze(1) + 0.4 * m / m.norm(dim=-1, keepdim=True)
+        torch.testing.assert_close((a * best).sum(-1), lower, atol=1e-5, rtol=1e-5)
+    else:
+        assert (values.min(0).values - lower).abs().max() < 0.05
+    lo, hi = ball.interval()
+    assert torch.equal(lo if sign > 0 else hi, x)

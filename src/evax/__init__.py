@@ -1,8 +1,14 @@
-"""evax: explanations of image classifiers with guarantees, and faithfulness metrics."""
+"""evax: explanations of image classifiers with guarantees, and faithfulness metrics.
 
-from evax import errors
+>>> import evax
+>>> bounds = evax.bound(model, evax.Ball(x, eps=0.5), method="ibp+forward+backward")
+>>> explanation = evax.EVA(model, eps=0.5).explain(x)
+"""
+
+from evax import errors, groups
+from evax.attribution.eva import EVA, Explanation
 from evax.bounds.api import Bounds, bound
-from evax.perturbation import Ball
+from evax.perturbation import Ball, Box
 
-__all__ = ["Ball", "Bounds", "bound", "errors"]
+__all__ = ["EVA", "Ball", "Bounds", "Box", "Explanation", "bound", "errors", "groups"]
 __version__ = "0.1.0"

@@ -170,6 +170,11 @@ class Ball(PerturbationSet):
             the set to valid inputs, e.g. ``(0, 1)`` for images. Only with ``p=inf``: the
             intersection of an L1/L2 ball with a box is not a set whose linear bounds have a
             closed form. The centre must lie in the domain.
+        sign: ``0`` (default) for the whole ball; ``+1`` keeps only ``delta >= 0`` (the EVA
+            paper's positive ball ``B+``), ``-1`` only ``delta <= 0`` (``B-``). Linear bounds of
+            the half balls stay in closed form for every norm (only the coefficients of one
+            sign can be exploited: ``min_{delta >= 0, ||delta|| <= eps} a.delta =
+            -eps ||min(a, 0)||_q``).
 
     The set is never empty (it contains ``center``). Tensors given are not modified.
     """
@@ -181,8 +186,12 @@ class Ball(PerturbationSet):
         p: float | int | str = math.inf,
         fixed: torch.Tensor | None = None,
         domain: tuple[float | torch.Tensor, float | torch.Tensor] | None = None,
+        sign: int = 0,
     ) -> None:
         _check_center(center)
+        if sign not in (0, 1, -1):
+            raise InvalidInputError(f"sign must be 0, +1 or -1, got {sign!r}")
+        self.sign = int(sign)
         self.center = center
         self.p = _as_norm(p)
         self.eps = self._check_eps(eps, center)
@@ -272,7 +281,8 @@ class Ball(PerturbationSet):
         """Interval hull ``(lo, hi)`` of the set, each ``(N, *S)`` (exact for ``p=inf``)."""
         if "lo" not in self._cache:
             r = self._radius()
-            lo, hi = self.center - r, self.center + r
+            lo = self.center if self.sign > 0 else self.center - r
+            hi = self.center if self.sign < 0 else self.center + r
             if self.domain is not None:
                 lo = torch.maximum(lo, self.domain[0])
                 hi = torch.minimum(hi, self.domain[1])
@@ -280,7 +290,7 @@ class Ball(PerturbationSet):
         return self._cache["lo"], self._cache["hi"]
 
     def reference(self) -> torch.Tensor:
-        if self.p == math.inf and self.domain is not None:
+        if self.p == math.inf and (self.domain is not None or self.sign != 0):
             lo, hi = self.interval()
             return (lo + hi) / 2
         return self.center
@@ -297,25 +307,50 @@ class Ball(PerturbationSet):
         if rows is not None:
             free, eps = free[rows], eps[rows]
         masked = coeffs * free
+        if self.sign > 0:  # delta >= 0: only negative coefficients can lower a.delta
+            masked = masked.clamp_max(0)
+        elif self.sign < 0:
+            masked = masked.clamp_min(0)
         dual = masked.abs().amax(dim=-1) if self.p == 1.0 else masked.norm(p=2, dim=-1)
         return eps * dual
 
+    @classmethod
+    def _unchecked(cls, center, eps, p, fixed, domain, sign=0) -> Ball:
+        """Build from fields that are already validated (no copies, no checks)."""
+        ball = cls.__new__(cls)
+        ball.center, ball.eps, ball.p, ball.fixed, ball.domain = center, eps, p, fixed, domain
+        ball.sign = sign
+        ball._cache = {}
+        return ball
+
+    def with_fixed(self, fixed: torch.Tensor | None) -> Ball:
+        """The same ball with another ``fixed`` mask (validated)."""
+        return Ball(self.center, self.eps, self.p, fixed, self.domain, self.sign)
+
+    def half(self, sign: int) -> Ball:
+        """The half ball ``B+`` (``sign=+1``: ``delta >= 0``) or ``B-`` (``sign=-1``)."""
+        return Ball._unchecked(self.center, self.eps, self.p, self.fixed, self.domain, sign)
+
     def to(self, device=None, dtype=None) -> Ball:
+        same_device = device is None or torch.device(device) == self.center.device
+        if same_device and (dtype is None or dtype == self.center.dtype):
+            return self
         domain = None
         if self.domain is not None:
             domain = tuple(t.to(device=device, dtype=dtype) for t in self.domain)
-        return Ball(
+        return Ball._unchecked(
             self.center.to(device=device, dtype=dtype),
             self.eps.to(device=device, dtype=dtype),
             self.p,
             None if self.fixed is None else self.fixed.to(device),
             domain,
+            self.sign,
         )
 
     def select(self, index) -> Ball:
         domain = None if self.domain is None else (self.domain[0][index], self.domain[1][index])
         fixed = None if self.fixed is None else self.fixed[index]
-        return Ball(self.center[index], self.eps[index], self.p, fixed, domain)
+        return Ball._unchecked(self.center[index], self.eps[index], self.p, fixed, domain, self.sign)
 
     # -- sampling (tests, empirical bounds) ---------------------------------------------------
     def sample(self, n: int, generator: torch.Generator | None = None, corners: float = 0.25) -> torch.Tensor:
@@ -346,14 +381,14 @@ class Ball(PerturbationSet):
             radius = radius ** (1.0 / max(d, 1))
             radius[:n_corner] = 1.0
             radius = radius.view(n, -1, *([1] * (g.ndim - 2)))
-            return self.center + eps * radius * g / norm
+            return self.center + eps * radius * self._fold(g) / norm
         # p = 1: exponential spacings give uniform points of the simplex; random signs.
         e = -torch.log(torch.rand(shape, generator=generator, device=dev, dtype=dt)) * free
         total = e.flatten(2).sum(dim=2).clamp_min(1e-12).view(n, -1, *([1] * (e.ndim - 2)))
         sign = torch.randint(0, 2, shape, generator=generator, device=dev).to(dt) * 2 - 1
         radius = torch.rand((n, self.batch_size), generator=generator, device=dev, dtype=dt)
         radius = radius.view(n, -1, *([1] * (e.ndim - 2)))
-        pts = self.center + eps * radius * sign * e / total
+        pts = self.center + eps * radius * self._fold(sign * e) / total
         if n_corner:
             flat_free = free.flatten(1)
             probs = flat_free / flat_free.sum(dim=1, keepdim=True).clamp_min(1)
@@ -367,14 +402,19 @@ class Ball(PerturbationSet):
             vsign = sign[:n_corner].flatten(2).gather(2, idx.T.unsqueeze(-1))
             vert.scatter_(2, idx.T.unsqueeze(-1), vsign)
             vert = vert.view(n_corner, *self.center.shape) * free
-            pts[:n_corner] = self.center + eps * vert
+            pts[:n_corner] = self.center + eps * self._fold(vert)
         return pts
+
+    def _fold(self, delta: torch.Tensor) -> torch.Tensor:
+        """Map a perturbation into the half ball (``|delta|`` with the ball's sign)."""
+        return delta if self.sign == 0 else self.sign * delta.abs()
 
     def __repr__(self) -> str:
         p = "inf" if self.p == math.inf else int(self.p)
         eps = self.eps[0].item() if (self.eps == self.eps[0]).all() else "per-sample"
+        half = {0: "", 1: ", sign=+1", -1: ", sign=-1"}[self.sign]
         return (
-            f"Ball(batch={self.batch_size}, shape={self.shape}, eps={eps}, p={p}, "
+            f"Ball(batch={self.batch_size}, shape={self.shape}, eps={eps}, p={p}{half}, "
             f"fixed={'yes' if self.fixed is not None else 'no'}, "
             f"domain={'yes' if self.domain is not None else 'no'})"
         )
@@ -387,6 +427,8 @@ def stack_balls(balls: Sequence[Ball]) -> Ball:
     p = balls[0].p
     if any(b.p != p for b in balls):
         raise InvalidInputError("cannot stack balls of different norms")
+    if any(b.sign != balls[0].sign for b in balls):
+        raise InvalidInputError("cannot stack balls of different signs")
     has_domain = [b.domain is not None for b in balls]
     if any(has_domain) and not all(has_domain):
         raise InvalidInputError("cannot stack balls with and without a domain")
@@ -399,4 +441,4 @@ def stack_balls(balls: Sequence[Ball]) -> Ball:
     domain = None
     if all(has_domain):
         domain = (torch.cat([b.domain[0] for b in balls]), torch.cat([b.domain[1] for b in balls]))
-    return Ball(center, torch.cat([b.eps for b in balls]), p, fixed, domain)
+    return Ball(center, torch.cat([b.eps for b in balls]), p, fixed, domain, balls[0].sign)

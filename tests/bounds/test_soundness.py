@@ -23,7 +23,10 @@ def _random_ball(norm: float, variant: str, seed: int) -> evax.Ball:
         fixed = torch.rand((3, 2, 6, 6), generator=gen) < 0.3
         fixed[1, :, :3] = True  # a whole block of pixels, as in EVA's B_u
     domain = (0.0, 1.0) if variant in {"domain", "fixed+domain"} else None
-    return evax.Ball(center, eps_t, p=norm, fixed=fixed, domain=domain)
+    sign = {"half+": 1, "half-": -1}.get(variant, 0)
+    if sign:
+        fixed = torch.rand((3, 2, 6, 6), generator=gen) < 0.3
+    return evax.Ball(center, eps_t, p=norm, fixed=fixed, domain=domain, sign=sign)
 
 
 def assert_sound(model, ball, methods, n=N_POINTS, seed=0):
@@ -43,7 +46,7 @@ def assert_sound(model, ball, methods, n=N_POINTS, seed=0):
 CASES = [
     (norm, variant)
     for norm in (math.inf, 2.0, 1.0)
-    for variant in ("plain", "fixed", "domain", "fixed+domain")
+    for variant in ("plain", "fixed", "domain", "fixed+domain", "half+", "half-")
     if not (norm != math.inf and "domain" in variant)
 ]
 
