@@ -111,6 +111,11 @@ def eva_scores(ao_all: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     return ao, ao_fixed, ao.unsqueeze(1) - ao_fixed
 
 
+def _norm_name(p: float) -> str:
+    """JSON-safe name of a norm: ``"inf"``, ``"2"``, ``"1"``."""
+    return "inf" if float(p) == math.inf else str(int(float(p)))
+
+
 def _as_contrast(contrast: TargetLike, n: int, n_out: int, target: torch.Tensor) -> torch.Tensor:
     t = torch.as_tensor(contrast, dtype=torch.long, device=target.device)
     t = t.expand(n).clone() if t.ndim == 0 else t
@@ -200,7 +205,7 @@ class EVA(Attribution):
                 n_out = self.model(inputs[:1]).shape[1]
             if n_out < 2:
                 raise InvalidInputError("EVA needs a classifier with at least two outputs")
-            params = {"eps": float(self.eps), "p": float(self.p), "groups": int(masks.shape[1])}
+            params = {"eps": float(self.eps), "p": _norm_name(self.p), "groups": int(masks.shape[1])}
             if contrast is None:
                 ao_all = self._overlaps(inputs, masks, margin_spec(tgt, n_out), sign=0)
                 ao, ao_fixed, scores = eva_scores(ao_all)

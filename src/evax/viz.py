@@ -1,0 +1,71 @@
+"""Figures: inputs, heatmap overlays and per-group scores (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+
+def _image(x: torch.Tensor):
+    """``(C, H, W)`` in [0, 1] -> array for imshow (grey for one channel)."""
+    x = x.detach().cpu().clamp(0, 1)
+    return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+
+
+def explanation_figure(
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    titles: Sequence[str] | None = None,
+    cell_scores: torch.Tensor | None = None,
+    n_side: int | None = None,
+    signed: bool = False,
+    path: str | Path | None = None,
+):
+    """One row per image: the input, the heatmap overlaid on it, and (for a grid) the
+    ``n_side x n_side`` cell scores with their values.
+
+    Args:
+        images: ``(N, C, H, W)`` in ``[0, 1]``.
+        maps: ``(N, H, W)`` attribution maps.
+        titles: one caption per image.
+        cell_scores: ``(N, G)`` group scores; drawn as a grid when ``G == n_side**2``.
+        signed: diverging colours centred on 0 (targeted explanations).
+        path: where to save the PNG (the figure is returned either way).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    n = images.shape[0]
+    show_cells = cell_scores is not None and n_side is not None and cell_scores.shape[1] == n_side**2
+    cols = 3 if show_cells else 2
+    fig, axes = plt.subplots(n, cols, figsize=(3.2 * cols, 3.0 * n), squeeze=False)
+    cmap = "coolwarm" if signed else "inferno"
+    for i in range(n):
+        m = maps[i].detach().cpu()
+        lim = float(m.abs().max()) or 1.0
+        vmin, vmax = (-lim, lim) if signed else (0.0, lim)
+        axes[i, 0].imshow(_image(images[i]), cmap="gray", vmin=0, vmax=1)
+        axes[i, 0].set_title(titles[i] if titles else f"input {i}", fontsize=9)
+        axes[i, 1].imshow(_image(images[i]), cmap="gray", vmin=0, vmax=1)
+        im = axes[i, 1].imshow(m.numpy(), cmap=cmap, alpha=0.6, vmin=vmin, vmax=vmax)
+        axes[i, 1].set_title("EVA heatmap", fontsize=9)
+        fig.colorbar(im, ax=axes[i, 1], fraction=0.046, pad=0.04)
+        if show_cells:
+            cells = cell_scores[i].detach().cpu().view(n_side, n_side).numpy()
+            axes[i, 2].imshow(cells, cmap=cmap, vmin=vmin, vmax=vmax)
+            axes[i, 2].set_title(f"{n_side}x{n_side} cell scores", fontsize=9)
+            if n_side <= 12:
+                for (r, c), v in __import__("numpy").ndenumerate(cells):
+                    axes[i, 2].text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=4, color="w")
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig
