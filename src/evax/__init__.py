@@ -6,9 +6,21 @@
 """
 
 from evax import errors, groups
+from evax.attribution.empirical import EmpiricalEVA, HybridEVA
 from evax.attribution.eva import EVA, Explanation
 from evax.bounds.api import Bounds, bound
 from evax.perturbation import Ball, Box
 
-__all__ = ["EVA", "Ball", "Bounds", "Box", "Explanation", "bound", "errors", "groups"]
+__all__ = [
+    "EVA",
+    "Ball",
+    "Bounds",
+    "Box",
+    "EmpiricalEVA",
+    "Explanation",
+    "HybridEVA",
+    "bound",
+    "errors",
+    "groups",
+]
 __version__ = "0.1.0"
