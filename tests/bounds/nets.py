@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evax.zoo.layers import Normalize
+
 
 class Residual(nn.Module):
     """Conv block with a residual add and input normalisation written as arithmetic."""
@@ -111,6 +113,13 @@ def make(name: str, seed: int = 0) -> nn.Module:
         ),
         "conv_sigmoid_adaptive": lambda: nn.Sequential(
             nn.Conv2d(c, 3, 3), nn.Sigmoid(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 4)
+        ),
+        "mlp_normalized": lambda: nn.Sequential(
+            Normalize([0.3, 0.6], [0.2, 0.5]),
+            nn.Flatten(),
+            nn.Linear(c * 36, 16),
+            nn.ReLU(),
+            nn.Linear(16, 5),
         ),
         "pool_output": lambda: nn.Sequential(nn.MaxPool2d(3, stride=2, padding=1), nn.Flatten()),
         "pool_first": lambda: nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(c * 9, 3)),

@@ -9,11 +9,17 @@ import torch
 from torch import nn
 
 from evax.bounds.graph import Graph, build_graph
-from evax.bounds.propagate import Propagator, estimate_floats_per_box, parse_method
+from evax.bounds.propagate import (
+    Propagator,
+    estimate_floats_per_box,
+    estimate_largest_tensor,
+    parse_method,
+)
 from evax.errors import InvalidInputError
 from evax.perturbation import PerturbationSet
 
 _DEFAULT_MEMORY = 2 * 2**30  # bytes one chunk may use, when batch_size is automatic
+_TEMPORARY_BYTES = 32 * 2**20  # target size of the largest temporary of a chunk
 _CERTIFY_REL_MARGIN = 1e-7
 
 
@@ -141,7 +147,8 @@ def bound(
             (MILP, small ReLU nets, ``p=inf``).
         spec: optional ``(N, K, n_out)`` (or shared ``(K, n_out)``) matrix ``C``; bounds
             ``C f(x)`` directly, which is tighter than combining intervals of ``f``.
-        batch_size: boxes per chunk; ``None`` picks a chunk that fits about 2 GiB.
+        batch_size: boxes per chunk; ``None`` picks a chunk whose largest temporary is about
+            32 MiB (and whose total stays under about 2 GiB).
         certify: compute in float64 and widen the results by a relative rounding margin of
             ``1e-7 * (1 + max|bound|)`` (far above the accumulated float64 rounding error of any
             network this engine can handle), so the guarantee survives floating point.
@@ -175,8 +182,10 @@ def bound(
             else:
                 methods = parse_method(method)
                 if batch_size is None:
-                    per_box = estimate_floats_per_box(graph, methods) * torch.finfo(dtype).bits // 8
-                    batch_size = max(1, _DEFAULT_MEMORY // max(per_box, 1))
+                    itemsize = torch.finfo(dtype).bits // 8
+                    per_box = estimate_floats_per_box(graph, methods) * itemsize
+                    largest = estimate_largest_tensor(graph, methods) * itemsize
+                    batch_size = max(1, min(_DEFAULT_MEMORY // per_box, _TEMPORARY_BYTES // largest))
                 los, his = [], []
                 for start in range(0, n, batch_size):
                     sl = slice(start, start + batch_size)

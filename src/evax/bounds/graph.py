@@ -68,6 +68,7 @@ class Graph:
         return any(self.nodes[u].op.needs_relaxation for u in self.nodes[index].users)
 
     def to(self, device=None, dtype=None) -> Graph:
+        self.__dict__.pop("_input_linears", None)  # derived tensors, rebuilt on demand
         for node in self.nodes:
             if node.op is not None:
                 node.op.to(device, dtype)

@@ -22,7 +22,7 @@ import torch
 from evax.bounds.graph import Graph
 from evax.bounds.ops.activation import LeakyReLU, ReLU
 from evax.bounds.ops.base import Form, Interval
-from evax.bounds.ops.linear import Linear, Reshape
+from evax.bounds.ops.linear import ElementwiseAffine, Linear, Reshape
 from evax.perturbation import PerturbationSet
 
 BASE_METHODS = ("ibp", "forward", "backward")
@@ -72,6 +72,7 @@ class Propagator:
         """Bounds of ``spec @ f(x)`` over the set, each ``(N, K)`` (``K = n_out`` without spec)."""
         g = self.graph
         use_ibp_chain = "ibp" in self.methods or "backward" in self.methods
+        linear_methods = "forward" in self.methods or "backward" in self.methods
         for i, node in enumerate(g.nodes[: g.output + 1]):
             if node.op is None:
                 iv = self.inset.interval()
@@ -81,7 +82,7 @@ class Propagator:
                     self.forms[i] = self._input_form()
                 continue
             op = node.op
-            if op.needs_relaxation:
+            if op.needs_relaxation and linear_methods:
                 self.relax[i] = op.relax(*self.best[node.inputs[0]])
             if use_ibp_chain:
                 self.ibp[i] = op.interval(*[self.ibp[j] for j in node.inputs])
@@ -153,7 +154,16 @@ class Propagator:
         node = self.graph.nodes[i]
         r = rows.numel()
         ref = self.inset.center
-        if isinstance(node.op, Linear):
+        if i in self._input_linears:
+            # The node is an affine map of the input: its bounds are concretised directly.
+            weight, bias = self._input_linears[i]
+            w = weight[rows]
+            lam = torch.cat([w, -w]).unsqueeze(0)
+            const = torch.zeros((1, 2 * r), device=w.device, dtype=w.dtype)
+            if bias is not None:
+                const = torch.cat([bias[rows], -bias[rows]]).unsqueeze(0)
+            lower = self.inset.concretize(lam, const.expand(self.inset.batch_size, -1))
+        elif isinstance(node.op, Linear):
             # Start one op down: the rows of W are the multipliers of the linear layer's input.
             w = node.op.weight[rows]
             lam = torch.cat([w, -w]).unsqueeze(0)
@@ -186,7 +196,7 @@ class Propagator:
                     bias = bias + total
                 return self.inset.concretize(lam.flatten(2), bias)
             if j in self._input_linears:
-                return self._concretize_through_linear(node.op, lam, total)
+                return self._concretize_through_linear(*self._input_linears[j], lam, total)
             ins, c = node.op.backward(lam, self.relax.get(j))
             if c is not None:
                 total = c if total is None else total + c
@@ -194,27 +204,29 @@ class Propagator:
                 lams[k] = lam_k if k not in lams else lams[k] + lam_k
         raise RuntimeError("backward pass did not reach the input")  # pragma: no cover
 
-    def _concretize_through_linear(self, op: Linear, lam: torch.Tensor, const) -> torch.Tensor:
+    def _concretize_through_linear(self, weight, bias, lam: torch.Tensor, const) -> torch.Tensor:
         """Lower bound of ``lam . (W x + b) + const`` over the input set, ``(N, K)``.
 
-        Fuses the last GEMM ``lam @ W`` with the concretisation, a few boxes at a time, so the
-        ``(N, K, d)`` coefficients never leave the cache: ``lam . (W r + b) - spread(lam @ W)``.
+        ``W`` (out, d) and ``b`` are the affine map from the input to the first linear layer's
+        output (input normalisation and reshapes folded in). Fuses the GEMM ``lam @ W`` with the
+        concretisation, a few boxes at a time, so the ``(N, K, d)`` coefficients never leave
+        the cache: ``lam . (W r + b) - spread(lam @ W)``.
         """
         n = self.inset.batch_size
         ref = self.inset.reference().reshape(n, -1)
-        centre = ref @ op.weight.T
-        if op.bias is not None:
-            centre = centre + op.bias
+        centre = ref @ weight.T
+        if bias is not None:
+            centre = centre + bias
         value = (lam @ centre.unsqueeze(-1))[..., 0] if lam.shape[0] > 1 else centre @ lam[0].T
         if lam.shape[0] == 1:
-            spread = self.inset.spread(lam @ op.weight)
+            spread = self.inset.spread(lam @ weight)
         else:
-            k, d = lam.shape[1], op.weight.shape[1]
+            k, d = lam.shape[1], weight.shape[1]
             step = max(1, _BLOCK_FLOATS // max(1, k * d))
             spread = torch.empty((n, k), device=lam.device, dtype=lam.dtype)
             for s in range(0, n, step):
                 rows = slice(s, s + step)
-                spread[rows] = self.inset.spread(lam[rows] @ op.weight, rows)
+                spread[rows] = self.inset.spread(lam[rows] @ weight, rows)
         out = value - spread
         return out if const is None else out + const
 
@@ -253,17 +265,36 @@ class Propagator:
         return lo.expand(n, k), hi.expand(n, k)
 
 
-def _linears_on_input(graph: Graph) -> set[int]:
-    """Linear nodes whose input is the network input (possibly through single-use reshapes)."""
-    found = set()
+def _linears_on_input(graph: Graph) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Linear nodes fed by the network input through single-use reshapes and elementwise affine
+    maps (input normalisation), with the composed affine map ``(W_eff, b_eff)`` from the input.
+
+    Cached on the graph (its ops are fixed once built).
+    """
+    cached = getattr(graph, "_input_linears", None)
+    if cached is not None:
+        return cached
+    found: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
     for j, node in enumerate(graph.nodes):
         if not isinstance(node.op, Linear):
             continue
+        weight, bias = node.op.weight, node.op.bias
         k = node.inputs[0]
-        while k != 0 and isinstance(graph.nodes[k].op, Reshape) and len(graph.nodes[k].users) == 1:
+        while k != 0 and len(graph.nodes[k].users) == 1:
+            op = graph.nodes[k].op
+            if isinstance(op, ElementwiseAffine):
+                shape = graph.nodes[k].shape
+                scale = op.scale.expand(shape).reshape(-1)
+                if op.bias is not None:
+                    shift = weight @ op.bias.expand(shape).reshape(-1)
+                    bias = shift if bias is None else bias + shift
+                weight = weight * scale
+            elif not isinstance(op, Reshape):
+                break
             k = graph.nodes[k].inputs[0]
         if k == 0:
-            found.add(j)
+            found[j] = (weight, bias)
+    graph._input_linears = found
     return found
 
 
@@ -298,3 +329,21 @@ def estimate_floats_per_box(graph: Graph, methods: frozenset[str]) -> int:
         relu_rows = max(relu_rows, graph.output_size)
         total += 6 * min(relu_rows, 4096) * max(d, widest)
     return int(math.ceil(total))
+
+
+def estimate_largest_tensor(graph: Graph, methods: frozenset[str]) -> int:
+    """Floats per box of the largest temporary (forward forms, backward multipliers).
+
+    Chunks are sized so that this stays around a few tens of MB: larger temporaries are
+    served by fresh ``mmap`` pages, whose page faults cost more than the arithmetic.
+    """
+    widest = max(node.numel for node in graph.nodes[1:])
+    largest = widest
+    if "forward" in methods:
+        largest = max(largest, graph.nodes[0].numel * widest)
+    if "backward" in methods:
+        rows = max(
+            (graph.nodes[i].numel for i in range(len(graph.nodes)) if graph.needs_bounds(i)), default=1
+        )
+        largest = max(largest, 2 * min(rows, 4096) * widest)
+    return largest
