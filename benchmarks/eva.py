@@ -1,0 +1,133 @@
+"""Time per EVA explanation and tightness (mean AO(x, B)) on the zoo's MNIST MLP.
+
+The EVA paper's MNIST setting: dense 784-256-128-64-32-10 (``evax.zoo.load_model("mnist-mlp")``,
+trained weights shipped with evax), eps 0.5, p = inf, 12x12 grid (145 boxes per image), no
+domain clipping (as the paper). For each engine method and each batch of 1, 8 and 32 MNIST test
+images explained in one ``EVA.explain`` call: the median wall time over ``--runs`` runs divided
+by the number of images, and the mean AO(x, B) upper bound over the images (EVA Table 2's
+"Tightness": lower is tighter). Next to it, the median time of the bare engine call
+``evax.bound`` on exactly the same boxes and margin specification, so ``ratio`` is what EVA adds
+beyond the bound computation (the issue's target: within 1.3x).
+
+    python benchmarks/eva.py                 # ibp, backward, ibp+forward+backward; batches 1, 8, 32
+    python benchmarks/eva.py --quick         # one run, batches 1 and 8
+
+Writes ``benchmarks/results/eva.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+METHODS = ("ibp", "backward", "ibp+forward+backward")
+
+
+def load_images(n: int) -> torch.Tensor:
+    """``n`` MNIST test images (the full test set when the cache/package source is reachable,
+    else the 20 digits shipped with evax, repeated)."""
+    from evax.errors import DataSourceError
+    from evax.zoo import load_dataset
+
+    try:
+        images = load_dataset("mnist").images[:n]
+    except DataSourceError:
+        images = load_dataset("mnist-samples").images
+        images = images.repeat((n + len(images) - 1) // len(images), 1, 1, 1)[:n]
+    return images
+
+
+def time_explanations(model, images: torch.Tensor, method: str, runs: int) -> tuple[float, float]:
+    """Median seconds of one ``explain`` call on ``images`` and the mean AO(x, B)."""
+    import evax
+
+    explainer = evax.EVA(model, eps=0.5, method=method)
+    explanation = explainer.explain(images)  # warm-up (graph cache, allocator)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        explanation = explainer.explain(images)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), float(explanation.ao.mean())
+
+
+def time_engine(model, images: torch.Tensor, method: str, runs: int) -> float:
+    """Median seconds of ``evax.bound`` on the ``N (1 + G)`` boxes EVA builds for ``images``."""
+    import evax
+    from evax.attribution.eva import DEFAULT_GROUPS, fixed_masks, margin_spec
+
+    n, c = images.shape[:2]
+    masks = evax.groups.resolve(DEFAULT_GROUPS, images, False)
+    g = masks.shape[1]
+    center = images.unsqueeze(1).expand(n, 1 + g, *images.shape[1:]).reshape(-1, *images.shape[1:])
+    ball = evax.Ball(center, 0.5, fixed=fixed_masks(masks, n, c))
+    spec = margin_spec(model(images).argmax(1), 10).repeat_interleave(1 + g, dim=0)
+    evax.bound(model, ball, method, spec)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        evax.bound(model, ball, method, spec)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--quick", action="store_true", help="one run, batches 1 and 8")
+    args = parser.parse_args()
+    if args.quick:
+        args.runs, args.batches = 1, [1, 8]
+
+    from evax.zoo import load_model
+
+    torch.set_grad_enabled(False)
+    model = load_model("mnist-mlp")
+    images = load_images(max(args.batches))
+    rows = []
+    header = f"{'method':<22}{'batch':>6}{'s/explanation':>15}{'engine s/image':>16}{'ratio':>7}{'mean AO(B)':>12}"
+    print(header)
+    print("-" * len(header))
+    for method in args.methods:
+        for batch in args.batches:
+            seconds, tightness = time_explanations(model, images[:batch], method, args.runs)
+            per_image = seconds / batch
+            ref = time_engine(model, images[:batch], method, args.runs) / batch
+            ratio = per_image / ref
+            rows.append(
+                {
+                    "method": method,
+                    "batch": batch,
+                    "s_per_explanation": per_image,
+                    "engine_s_per_image": ref,
+                    "ratio_to_engine": ratio,
+                    "mean_ao": tightness,
+                }
+            )
+            print(f"{method:<22}{batch:>6}{per_image:15.4f}{ref:16.4f}{ratio:7.2f}{tightness:12.3f}")
+    RESULTS.mkdir(exist_ok=True)
+    out = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "settings": {"model": "mnist-mlp", "eps": 0.5, "p": "inf", "grid": 12, "runs": args.runs},
+        "rows": rows,
+    }
+    (RESULTS / "eva.json").write_text(json.dumps(out, indent=2))
+    print(f"wrote {RESULTS / 'eva.json'}")
+
+
+if __name__ == "__main__":
+    main()
