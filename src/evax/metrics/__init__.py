@@ -1,0 +1,15 @@
+from evax.metrics.fidelity import Deletion as Deletion
+from evax.metrics.fidelity import Insertion as Insertion
+from evax.metrics.fidelity import MuFidelity as MuFidelity
+from evax.metrics.infidelity import Infidelity as Infidelity
+from evax.metrics.infidelity import MaxSensitivity as MaxSensitivity
+from evax.metrics.perturbations import DifferenceToBaseline as DifferenceToBaseline
+from evax.metrics.perturbations import GaussianNoise as GaussianNoise
+from evax.metrics.perturbations import NoisyBaseline as NoisyBaseline
+from evax.metrics.perturbations import ShapleyKernel as ShapleyKernel
+from evax.metrics.perturbations import SquareRemoval as SquareRemoval
+from evax.metrics.perturbations import SubsetRemoval as SubsetRemoval
+from evax.metrics.perturbations import UniformNoise as UniformNoise
+from evax.metrics.robustness import RobustnessSr as RobustnessSr
+from evax.metrics.sanity import RandomizationSanity as RandomizationSanity
+from evax.metrics.tightness import Tightness as Tightness

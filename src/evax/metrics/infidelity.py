@@ -1,0 +1,470 @@
+"""Explanation infidelity (INFD, Def. 2.1) and max-sensitivity (SENS_MAX, Def. 3.1) of
+Yeh et al. 2019, "On the (In)fidelity and Sensitivity of Explanations".
+
+Both are Monte-Carlo estimates streamed in chunks of at most ``batch_size`` model inputs: only
+per-input sufficient statistics (sums) or running maxima are kept, never all the samples, so
+memory does not grow with ``n_samples``. Every random draw comes from a ``torch.Generator``
+seeded by ``seed`` on each call -- two explanations scored by the same metric object are
+scored against *the same* perturbations (paired comparisons), and nothing global is seeded.
+The ``n`` draws are shared by all the inputs (common random numbers, ``sample(...,
+shared=True)``), made in chunks of ``min(n_samples, batch_size)`` from a generator re-seeded for
+every block of inputs: an input's score depends on ``(seed, n_samples, batch_size)`` but not on
+the other inputs of the batch. With ``batch_size >= n_samples`` the draws are exactly those of
+``perturbation.sample(inputs, n_samples, torch.Generator().manual_seed(seed), shared=True)``.
+
+Explanation shapes: ``(N, *S)`` like the inputs; for images ``(N, C, H, W)`` also ``(N, H, W)``
+or ``(N, 1, H, W)`` -- a channel-reduced explanation scores every channel of its pixel alike
+(it is broadcast over the channels). A perturbation whose ``I`` is a channel-shared mask
+(``indicator=True``) is dotted with ``sum_c Phi[c]``, the channel sum of a global explanation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from evax.attribution._groups import score_function
+from evax.attribution.base import TargetLike, resolve_target
+from evax.errors import InvalidInputError
+from evax.metrics import base as _metrics_base
+from evax.metrics.perturbations import (
+    Perturbation,
+    UniformNoise,
+    _check_tensor,
+    _positive_float,
+    _positive_int,
+    eval_mode,
+    make_generator,
+    progress_bar,
+)
+
+__all__ = ["Infidelity", "MaxSensitivity"]
+
+Explainer = Callable[..., torch.Tensor] | Any
+ActivationLike = str | None | Callable[[torch.Tensor], torch.Tensor]
+
+
+# --------------------------------------------------------------------------- shared helpers
+# (also used by evax.metrics.sanity and evax.attribution.optimal / smoothing)
+
+
+def call_explainer(explainer: Explainer, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``Phi(inputs)`` for ``targets`` ``(M,)``, detached.
+
+    ``explainer`` is an object with ``.attribute(inputs, target)`` (evax methods, Captum
+    attribution objects, :class:`~evax.attribution.Smoothed`) or a callable
+    ``explain(inputs, target)`` (see :func:`evax.metrics.base.call_explainer`).
+    """
+    fn = explainer.attribute if hasattr(explainer, "attribute") else explainer
+    if not callable(fn):
+        raise InvalidInputError(
+            f"explainer must have .attribute(inputs, target) or be a callable, got {type(explainer).__name__}"
+        )
+    return _metrics_base.call_explainer(fn, inputs, targets)
+
+
+def find_model(explainer: Any, depth: int = 0) -> nn.Module | None:
+    """The ``nn.Module`` an explainer explains, when it exposes one: ``.model`` (evax),
+    ``.forward_func`` (Captum), the wrapped ``.explainer`` (:class:`Smoothed`) or the object a
+    bound ``.attribute`` method belongs to; ``None`` otherwise."""
+    if depth > 4 or explainer is None:
+        return None
+    if isinstance(explainer, nn.Module):
+        return explainer
+    for attr in ("model", "forward_func"):
+        m = getattr(explainer, attr, None)
+        if isinstance(m, nn.Module):
+            return m
+    owner = getattr(explainer, "__self__", None)
+    if owner is not None and owner is not explainer:
+        found = find_model(owner, depth + 1)
+        if found is not None:
+            return found
+    inner = getattr(explainer, "explainer", None)
+    return find_model(inner, depth + 1) if inner is not None and inner is not explainer else None
+
+
+def resolve_targets(model: nn.Module | None, inputs: torch.Tensor, target: TargetLike) -> torch.Tensor:
+    """``target`` as int64 ``(N,)`` (``None``: the model's prediction, in eval mode).
+
+    Without a model only explicit targets can be used (there is nothing to predict with)."""
+    if model is not None:
+        with eval_mode(model):
+            return resolve_target(model, inputs, target)
+    if target is None:
+        raise InvalidInputError(
+            "target=None needs the model to predict the class, and the explainer does not expose "
+            "one: pass model=... or an explicit target"
+        )
+    t = torch.as_tensor(target, dtype=torch.long, device=inputs.device)
+    if t.ndim == 0:
+        t = t.expand(inputs.shape[0]).clone()
+    if t.ndim != 1 or t.shape[0] != inputs.shape[0]:
+        raise InvalidInputError(
+            f"target must be an int or have shape ({inputs.shape[0]},), got {tuple(t.shape)}"
+        )
+    return t
+
+
+def check_explanation(expl: Any, inputs: torch.Tensor, label: str = "explanations") -> torch.Tensor:
+    """Validate an explanation for ``inputs`` ``(N, *S)`` and return it as ``(N, *S')``.
+
+    Accepted: the input's shape ``(N, *S)``; for images ``(N, C, H, W)`` also ``(N, 1, H, W)``
+    and ``(N, H, W)`` (returned as ``(N, 1, H, W)``, broadcast over the channels); for flat
+    inputs ``(N, D)``. Raises :class:`InvalidInputError` otherwise, or on NaN / inf.
+    """
+    if not isinstance(expl, torch.Tensor):
+        raise InvalidInputError(f"{label} must be a tensor, got {type(expl).__name__}")
+    n, shape = inputs.shape[0], tuple(inputs.shape[1:])
+    e = expl.detach()
+    if not e.is_floating_point():
+        e = e.to(inputs.dtype)
+    if inputs.ndim == 4 and e.ndim == 3 and tuple(e.shape) == (n, *shape[1:]):
+        e = e.unsqueeze(1)
+    ok = e.shape[0] == n and (
+        tuple(e.shape[1:]) == shape
+        or (inputs.ndim == 4 and e.ndim == 4 and tuple(e.shape[1:]) == (1, *shape[1:]))
+    )
+    if not ok:
+        allowed = f"(N, *S)={(n, *shape)}"
+        if inputs.ndim == 4:
+            allowed += f", (N, 1, H, W)={(n, 1, *shape[1:])} or (N, H, W)={(n, *shape[1:])}"
+        raise InvalidInputError(
+            f"{label} have shape {tuple(expl.shape)}, which does not match the inputs "
+            f"{tuple(inputs.shape)}: expected {allowed}"
+        )
+    if not torch.isfinite(e).all():
+        raise InvalidInputError(f"{label} contain NaN or inf")
+    return e
+
+
+def dot_perturbations(pert: torch.Tensor, expl: torch.Tensor) -> torch.Tensor:
+    """``a_j = I_j^T Phi`` ``(b, k)`` for perturbations ``(b, k, *S_I)`` and explanations
+    ``(b, *S_E)``. A channel-shared ``I`` ``(1, H, W)`` is dotted with ``sum_c Phi[c]``; a
+    channel-shared ``Phi`` ``(1, H, W)`` scores every channel of ``I`` alike."""
+    b, k = pert.shape[:2]
+    s_i, s_e = tuple(pert.shape[2:]), tuple(expl.shape[1:])
+    if s_i != s_e:
+        if len(s_i) == 3 and len(s_e) == 3 and s_i[1:] == s_e[1:] and s_i[0] == 1:
+            expl = expl.sum(dim=1, keepdim=True)
+        elif len(s_i) == 3 and len(s_e) == 3 and s_i[1:] == s_e[1:] and s_e[0] == 1:
+            expl = expl.expand(b, *s_i)
+        else:
+            raise InvalidInputError(
+                f"perturbations of shape {s_i} cannot be dotted with explanations of shape {s_e}"
+            )
+    return torch.bmm(pert.reshape(b, k, -1), expl.reshape(b, -1, 1).to(pert.dtype)).squeeze(2)
+
+
+def _n_samples(n_samples: int | None, perturbation: Perturbation, inputs: torch.Tensor, default: int) -> int:
+    """Draws per input: all the items of an exhaustive perturbation, else ``n_samples`` or
+    ``default``."""
+    if perturbation.exhaustive:
+        total = perturbation.size(inputs)
+        assert total is not None
+        if n_samples is not None and n_samples != total:
+            raise InvalidInputError(
+                f"{perturbation!r} enumerates all its {total} items for these inputs: leave "
+                f"n_samples=None (got {n_samples}), or use a random perturbation to draw n_samples"
+            )
+        return total
+    return default if n_samples is None else n_samples
+
+
+def _blocks(n_inputs: int, n: int, batch_size: int) -> tuple[int, int]:
+    """``(inputs per block, samples per chunk)`` with ``block * chunk <= batch_size`` (at least 1
+    each): all the samples of several inputs when they fit, else chunks of one input's samples."""
+    if n >= batch_size:
+        return 1, batch_size
+    return max(1, min(n_inputs, batch_size // n)), n
+
+
+# --------------------------------------------------------------------------- Infidelity
+
+
+class Infidelity:
+    """Explanation infidelity (Def. 2.1, Eq. 1)::
+
+        INFD(Phi, f, x) = E_{I ~ mu_I} [ (I^T Phi(f, x) - (f(x) - f(x - I)))^2 ]
+
+    estimated with ``n_samples`` draws ``(I_j, x~_j)`` of ``perturbation`` (``x~_j`` replaces
+    ``x - I_j``, see :mod:`evax.metrics.perturbations`). With ``a_j = I_j^T Phi`` and
+    ``b_j = f(x) - f(x~_j)`` the streamed sufficient statistics are ``S_aa = sum a^2``,
+    ``S_ab = sum a b``, ``S_bb = sum b^2`` (float64). ``normalize=True`` (the authors' evaluation
+    and Captum's ``normalize``) first rescales the explanation by the optimal
+    ``beta = S_ab / S_aa`` (``0`` when ``S_aa = 0``)::
+
+        INFD_beta = (1/n) sum_j (beta a_j - b_j)^2 = (S_bb - S_ab^2 / S_aa) / n,
+
+    which is invariant to any rescaling ``Phi -> c Phi``, ``c != 0``. ``normalize=False`` gives
+    Eq. 1 as is, ``(1/n) sum_j (a_j - b_j)^2``.
+
+    Args:
+        model: classifier ``(M, *S) -> (M, K)``; put in eval mode while scoring, restored after.
+        perturbation: a :class:`~evax.metrics.perturbations.Perturbation` (``NoisyBaseline`` for
+            local explanations, ``SquareRemoval`` for global ones in the paper).
+        n_samples: Monte-Carlo draws per input (>= 2; default 1000). Exhaustive perturbations
+            enumerate all their items: leave it ``None``.
+        normalize: rescale by the optimal ``beta`` first (default, as the paper's tables).
+        activation: ``f`` from the logits: ``None`` (the logit, default), ``"softmax"``, ...
+        batch_size: model inputs per forward pass (bounds memory: ``batch_size * d`` floats).
+        seed: seed of the generator created on every call.
+        progress: tqdm bar (``None``: only when stderr is a TTY).
+
+    Call ``metric(inputs, explanations, target=None)`` -> ``(N,)`` scores (float64), or with
+    ``detailed=True`` a dict with ``"scores"``, ``"mean"``, ``"beta"`` ``(N,)`` (1 when not
+    normalised), ``"unscaled"`` (Eq. 1 without ``beta``) and ``"n_samples"``.
+    ``explanations`` is a tensor, an explainer (``.attribute(inputs, target)`` or a callable), or
+    a list / dict of those: all are then scored on the *same* model evaluations (one pass) and a
+    list / dict of results comes back.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        perturbation: Perturbation,
+        n_samples: int | None = None,
+        normalize: bool = True,
+        activation: ActivationLike = None,
+        batch_size: int = 1024,
+        seed: int = 0,
+        progress: bool | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise InvalidInputError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not isinstance(perturbation, Perturbation):
+            raise InvalidInputError(
+                f"perturbation must be an evax.metrics Perturbation (GaussianNoise, NoisyBaseline, "
+                f"SquareRemoval, ...), got {type(perturbation).__name__}"
+            )
+        if n_samples is not None:
+            _positive_int(n_samples, "n_samples", minimum=2)
+        self.model = model
+        self.perturbation = perturbation
+        self.n_samples = n_samples
+        self.normalize = bool(normalize)
+        self.score = score_function(activation)
+        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.seed = seed
+        make_generator(seed, torch.device("cpu"))  # validates the seed
+        self.progress = progress
+
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        explanations: Any,
+        target: TargetLike = None,
+        detailed: bool = False,
+    ) -> Any:
+        _check_tensor(inputs)
+        x = inputs.detach()
+        with eval_mode(self.model):
+            targets = resolve_target(self.model, x, target)
+        names: list[Any]
+        if isinstance(explanations, Mapping):
+            names, items = list(explanations.keys()), list(explanations.values())
+        elif isinstance(explanations, Sequence) and not isinstance(explanations, (str, torch.Tensor)):
+            names, items = list(range(len(explanations))), list(explanations)
+        else:
+            names, items = [None], [explanations]
+        if not items:
+            raise InvalidInputError("no explanation to score")
+        expls = []
+        for name, e in zip(names, items, strict=True):
+            if not isinstance(e, torch.Tensor):
+                with eval_mode(self.model):
+                    e = call_explainer(e, x, targets)
+            label = "explanations" if name is None else f"explanation {name!r}"
+            expls.append(check_explanation(e, x, label))
+        stats = self._statistics(x, targets, expls)  # (E, N, 4)
+        results = [self._finish(s, detailed) for s in stats]
+        if names == [None]:
+            return results[0]
+        if isinstance(explanations, Mapping):
+            return dict(zip(names, results, strict=True))
+        return results
+
+    @torch.no_grad()
+    def _statistics(self, x: torch.Tensor, targets: torch.Tensor, expls: list[torch.Tensor]) -> torch.Tensor:
+        n_in = x.shape[0]
+        n = _n_samples(self.n_samples, self.perturbation, x, default=1000)
+        self._last_n = n
+        per_block, per_chunk = _blocks(n_in, n, self.batch_size)
+        gen = None
+        stats = torch.zeros(len(expls), n_in, 4, dtype=torch.float64, device=x.device)
+        steps = [(i, j) for i in range(0, n_in, per_block) for j in range(0, n, per_chunk)]
+        with eval_mode(self.model):
+            fx = torch.cat(
+                [
+                    self.score(self.model(xb), tb)
+                    for xb, tb in zip(x.split(self.batch_size), targets.split(self.batch_size), strict=True)
+                ]
+            )
+            for i, j in progress_bar(steps, self.progress, total=len(steps), desc="infidelity"):
+                xb = x[i : i + per_block]
+                b, k = xb.shape[0], min(per_chunk, n - j)
+                if j == 0 and not self.perturbation.exhaustive:
+                    gen = make_generator(self.seed, x.device)  # the same draws for every block
+                pert, perturbed = self.perturbation.sample(xb, k, gen, offset=j, shared=True)
+                out = self.model(perturbed.reshape(b * k, *x.shape[1:]))
+                fb = self.score(out, targets[i : i + b].repeat_interleave(k)).view(b, k)
+                diff = (fx[i : i + b].unsqueeze(1) - fb).to(torch.float64)  # b_j = f(x) - f(x~_j)
+                for e, expl in enumerate(expls):
+                    a = dot_perturbations(pert, expl[i : i + b]).to(torch.float64)  # a_j = I_j^T Phi
+                    s = stats[e, i : i + b]
+                    s[:, 0] += (a * a).sum(1)
+                    s[:, 1] += (a * diff).sum(1)
+                    s[:, 2] += (diff * diff).sum(1)
+                    s[:, 3] += ((a - diff) ** 2).sum(1)
+        return stats
+
+    def _finish(self, s: torch.Tensor, detailed: bool) -> Any:
+        n = self._last_n
+        s_aa, s_ab, s_bb, s_dd = s.unbind(1)
+        unscaled = s_dd / n
+        if self.normalize:
+            beta = torch.where(s_aa > 0, s_ab / torch.where(s_aa > 0, s_aa, 1.0), torch.zeros_like(s_ab))
+            scores = ((s_bb - beta * s_ab) / n).clamp_min(0.0)  # = (b^2 - 2 beta ab + beta^2 a^2) / n
+        else:
+            beta = torch.ones_like(s_ab)
+            scores = unscaled
+        if not detailed:
+            return scores
+        return {"scores": scores, "mean": scores.mean(), "beta": beta, "unscaled": unscaled, "n_samples": n}
+
+
+# --------------------------------------------------------------------------- MaxSensitivity
+
+
+_NORMS = {"fro": 2.0, "2": 2.0, 2: 2.0, "inf": math.inf, math.inf: math.inf, 1: 1.0, "1": 1.0}
+
+
+class MaxSensitivity:
+    """Max-sensitivity of an explanation (Def. 3.1), relative to the explanation's norm::
+
+        SENS_MAX(Phi, f, x, r) = max_{||y - x||_inf <= r} ||Phi(f, y) - Phi(f, x)|| / ||Phi(f, x)||
+
+    estimated by Monte Carlo: the max over ``n_samples`` points ``y`` drawn uniformly in the
+    L-inf ball of radius ``r`` (the reference code and Captum's ``sensitivity_max``, which also
+    divide by ``||Phi(x)||``; a zero explanation divides by 1 instead). The explained class is
+    held fixed at ``target`` (default: the prediction at the clean ``x``) for every ``y``.
+    The estimate is a lower bound of the true max that grows with ``n_samples``. The points'
+    offsets ``y - x`` are shared by all the inputs (as :class:`Infidelity`'s draws).
+
+    Args:
+        explainer: any explainer: an object with ``.attribute(inputs, target)`` (evax, Captum)
+            or a callable ``explain(inputs, target)``. It is called on up to ``batch_size``
+            perturbed inputs at a time.
+        radius: ``r`` (the paper: 0.2 for local, 0.1 for global explanations).
+        n_samples: points ``y`` per input (>= 2; the paper: 50).
+        norm: ``"fro"`` (= L2 of the flattened map, default), ``"inf"`` or ``1``.
+        relative: divide by ``||Phi(x)||`` (default, as the paper); ``False``: absolute change.
+        perturbation: the sampler of ``y = x~`` (default ``UniformNoise(radius)``, the L-inf
+            ball); any :class:`~evax.metrics.perturbations.Perturbation` can replace it.
+        model: the model (to resolve ``target=None``) when the explainer does not expose it.
+        batch_size: inputs per explainer call.
+        seed: seed of the generator created on every call.
+        progress: tqdm bar (``None``: only when stderr is a TTY).
+
+    Call ``metric(inputs, target=None, explanations=None)`` -> ``(N,)``; ``explanations`` may
+    pass ``Phi(x)`` when already computed. ``detailed=True`` adds ``"mean"`` and ``"argmax"``
+    (the index of the worst sample).
+    """
+
+    def __init__(
+        self,
+        explainer: Explainer,
+        radius: float = 0.2,
+        n_samples: int = 50,
+        norm: str | float = "fro",
+        relative: bool = True,
+        perturbation: Perturbation | None = None,
+        model: nn.Module | None = None,
+        batch_size: int = 256,
+        seed: int = 0,
+        progress: bool | None = None,
+    ) -> None:
+        if not hasattr(explainer, "attribute") and not callable(explainer):
+            raise InvalidInputError(
+                f"explainer must have .attribute(inputs, target) or be a callable, got {type(explainer).__name__}"
+            )
+        self.explainer = explainer
+        self.radius = _positive_float(radius, "radius")
+        self.n_samples = _positive_int(n_samples, "n_samples", minimum=2)
+        if norm not in _NORMS:
+            raise InvalidInputError(f"unknown norm {norm!r}: use 'fro' (L2), 'inf' or 1")
+        self.ord = _NORMS[norm]
+        self.relative = bool(relative)
+        if perturbation is not None and not isinstance(perturbation, Perturbation):
+            raise InvalidInputError(f"perturbation must be a Perturbation, got {type(perturbation).__name__}")
+        self.perturbation = perturbation if perturbation is not None else UniformNoise(self.radius)
+        self.model = model if model is not None else find_model(explainer)
+        self.batch_size = _positive_int(batch_size, "batch_size")
+        make_generator(seed, torch.device("cpu"))
+        self.seed = seed
+        self.progress = progress
+
+    def _norm(self, v: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.vector_norm(v.flatten(1).to(torch.float64), ord=self.ord, dim=1)
+
+    def _explain(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.model is not None:
+            with eval_mode(self.model):
+                return call_explainer(self.explainer, inputs, targets)
+        return call_explainer(self.explainer, inputs, targets)
+
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        target: TargetLike = None,
+        explanations: torch.Tensor | None = None,
+        detailed: bool = False,
+    ) -> Any:
+        _check_tensor(inputs)
+        x = inputs.detach()
+        n_in = x.shape[0]
+        targets = resolve_targets(self.model, x, target)
+        base = explanations if explanations is not None else self._explain(x, targets)
+        if not isinstance(base, torch.Tensor) or base.shape[0] != n_in:
+            raise InvalidInputError(
+                f"the explanations must be a tensor with {n_in} rows, got "
+                f"{tuple(base.shape) if isinstance(base, torch.Tensor) else type(base).__name__}"
+            )
+        if not torch.isfinite(base).all():
+            raise InvalidInputError("the explanation of the clean inputs contains NaN or inf")
+        base = base.detach()
+        denom = self._norm(base) if self.relative else torch.ones(n_in, dtype=torch.float64, device=x.device)
+        denom = torch.where(denom == 0, torch.ones_like(denom), denom)
+        n = self.n_samples
+        per_block, per_chunk = _blocks(n_in, n, self.batch_size)
+        gen = None
+        best = torch.full((n_in,), -math.inf, dtype=torch.float64, device=x.device)
+        arg = torch.zeros(n_in, dtype=torch.long, device=x.device)
+        steps = [(i, j) for i in range(0, n_in, per_block) for j in range(0, n, per_chunk)]
+        for i, j in progress_bar(steps, self.progress, total=len(steps), desc="max-sensitivity"):
+            xb = x[i : i + per_block]
+            b, k = xb.shape[0], min(per_chunk, n - j)
+            if j == 0 and not self.perturbation.exhaustive:
+                gen = make_generator(self.seed, x.device)  # the same draws for every block
+            _, y = self.perturbation.sample(xb, k, gen, offset=j, shared=True)
+            ey = self._explain(y.reshape(b * k, *x.shape[1:]), targets[i : i + b].repeat_interleave(k))
+            if not torch.isfinite(ey).all():
+                raise InvalidInputError("the explainer returned NaN or inf on a perturbed input")
+            if ey.shape != (b * k, *base.shape[1:]):
+                raise InvalidInputError(
+                    f"the explainer returned {tuple(ey.shape)} for {b * k} perturbed inputs, but "
+                    f"{tuple(base.shape[1:])} per input for the clean ones"
+                )
+            diff = ey.view(b, k, -1).to(base.dtype) - base[i : i + b].reshape(b, 1, -1)
+            sens = self._norm(diff.reshape(b * k, -1)).view(b, k) / denom[i : i + b].unsqueeze(1)
+            m, am = sens.max(dim=1)
+            better = m > best[i : i + b]
+            best[i : i + b] = torch.where(better, m, best[i : i + b])
+            arg[i : i + b] = torch.where(better, am + j, arg[i : i + b])
+        if not detailed:
+            return best
+        return {"scores": best, "mean": best.mean(), "argmax": arg}
