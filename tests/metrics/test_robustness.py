@@ -157,6 +157,7 @@ def test_errors():
         RobustnessSr(model, x, groups=grid(2), fractions=[0.1, 0.2, 1.0])
     with pytest.raises(InvalidInputError, match="steps"):
         RobustnessSr(model, x, steps=0)
+    assert RobustnessSr(model, x, fractions=[0.3, 0.6]).fractions.tolist()[-1] == 1.0  # all free last
     with pytest.raises(InvalidInputError, match="tie_break"):
         RobustnessSr(model, x, tie_break="raster")
     with pytest.raises(InvalidInputError, match="shape"):
