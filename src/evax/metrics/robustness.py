@@ -50,7 +50,8 @@ class RobustnessSr(Metric):
         domain: ``(lo, hi)`` box of valid inputs (default ``(0, 1)``) or ``None``.
         groups: variables are pixels (``None``) or groups (``evax.groups.grid(12)``...).
         fractions: fractions of the variables set free at each step (default 5 %, ..., 100 %);
-            ``k_j = max(1, round(fraction * V))``.
+            ``k_j = max(1, round(fraction * V))``. The last step always frees every variable
+            (1.0 is appended when missing).
         steps: PGD steps per radius; ``step_size``: step as a fraction of the radius.
         restarts: PGD starts per radius (the first warm-started from the best example so far,
             the others uniform in the ball).
@@ -107,6 +108,8 @@ class RobustnessSr(Metric):
             fr = torch.as_tensor(fractions, dtype=torch.float64).flatten()
             if fr.numel() == 0 or (fr <= 0).any() or (fr > 1).any() or (fr.diff() <= 0).any():
                 raise InvalidInputError("fractions must be increasing values in (0, 1]")
+            if fr[-1] < 1:  # the last step always frees every variable
+                fr = torch.cat([fr, fr.new_ones(1)])
         v = self.n_vars
         self.counts = torch.round(fr * v).long().clamp(min=1)
         self.fractions = (self.counts.double() / v).to(self.inputs.dtype)
