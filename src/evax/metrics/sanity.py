@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 from torch import nn
 
 from evax.attribution.base import TargetLike, resolve_target
@@ -39,6 +38,8 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise InvalidInputError(
             f"cannot correlate explanations of shapes {tuple(a.shape)} and {tuple(b.shape)}"
         )
+    from scipy.stats import rankdata  # imported here: scipy.stats costs ~1 s at `import evax`
+
     ra = rankdata(a.detach().flatten(1).cpu().to(torch.float64).numpy(), axis=1)
     rb = rankdata(b.detach().flatten(1).cpu().to(torch.float64).numpy(), axis=1)
     ra = ra - ra.mean(axis=1, keepdims=True)
