@@ -28,6 +28,15 @@ def _mount_zoo() -> None:
 _mount_zoo()
 
 
+def _mount_bench() -> None:
+    from evax.bench.cli import bench
+
+    app.command(name="bench")(bench)
+
+
+_mount_bench()
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
