@@ -26,13 +26,7 @@ from evax.groups import grid
 pytest.importorskip("captum.attr")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models, many small ops: one thread avoids oversubscription on a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _linear(c=2, h=7, w=7, k=3, seed=0):

@@ -11,13 +11,7 @@ from evax.attribution.greedy import GreedyAO, GreedyAS, fit_importance
 from evax.errors import InvalidInputError, NotApplicableError
 from evax.groups import grid
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _grouped_linear(seed=0, k=2):

@@ -11,14 +11,7 @@ from evax.attribution.rise import _BLOCK, RISE, rise_masks
 from evax.errors import InvalidInputError, NotApplicableError
 from evax.zoo.fetch import SourceUnreachableError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models, many small ops: one thread avoids oversubscription on a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cnn(seed=0):

@@ -9,13 +9,7 @@ from torch import nn
 from evax.errors import InvalidInputError
 from evax.metrics.attacks import box_radius, logit_margin, masked_pgd_l2, minimal_l2_distance, project
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_logit_margin():

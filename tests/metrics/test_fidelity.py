@@ -10,14 +10,7 @@ from evax.errors import InvalidInputError
 from evax.groups import grid
 from evax.metrics.fidelity import Deletion, Insertion, MuFidelity
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many small forward passes: one thread avoids oversubscription on a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Head(nn.Module):

@@ -13,14 +13,7 @@ from evax.errors import InvalidInputError
 from evax.groups import grid
 from evax.metrics.robustness import RobustnessSr
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models and many small steps: one thread avoids oversubscription on a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _linear(seed=0, d=3 * 8 * 8, k=4):

@@ -11,14 +11,7 @@ from evax.errors import InvalidInputError
 from evax.groups import grid
 from evax.metrics import Tightness
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models, many small ops: one thread avoids oversubscription on a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_linear_model_is_exact():
