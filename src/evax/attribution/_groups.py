@@ -19,12 +19,10 @@ selections of variables ``(M, V)`` into pixel masks ``(M, 1, P)``.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from evax import groups as groups_mod
@@ -216,17 +214,6 @@ class Variables:
 def flatten_inputs(inputs: torch.Tensor) -> torch.Tensor:
     """``(N, C, H, W) -> (N, C, H*W)``, ``(N, D) -> (N, 1, D)``."""
     return inputs.flatten(2) if inputs.ndim == 4 else inputs.unsqueeze(1)
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block and restore its previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def progress_bar(iterable: Iterable[Any], progress: bool | None, **kwargs: Any) -> Iterable[Any]:

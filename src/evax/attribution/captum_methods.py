@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from evax import groups as groups_mod
-from evax.attribution._groups import GroupsLike, Variables, eval_mode
+from evax._modes import eval_mode
+from evax.attribution._groups import GroupsLike, Variables
 from evax.attribution.base import Attribution, TargetLike, check_inputs, resolve_target
 from evax.errors import InvalidInputError, MissingDependencyError, NotApplicableError
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evax.attribution._groups import eval_mode
+from evax._modes import eval_mode
 from evax.attribution.base import Attribution, TargetLike, check_inputs, resolve_target
 from evax.attribution.captum_methods import _need_images, cam_layer
 from evax.errors import NotApplicableError

@@ -46,7 +46,8 @@ import torch
 from torch import nn
 
 from evax import groups as groups_mod
-from evax.attribution._groups import GroupsLike, Variables, eval_mode, flatten_inputs, progress_bar
+from evax._modes import eval_mode
+from evax.attribution._groups import GroupsLike, Variables, flatten_inputs, progress_bar
 from evax.attribution.base import Attribution, TargetLike, check_inputs, resolve_target
 from evax.attribution.eva import DEFAULT_GROUPS, EVA, margin_spec
 from evax.errors import InvalidInputError, NotApplicableError

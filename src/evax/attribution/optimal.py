@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from evax import groups as groups_mod
+from evax._modes import eval_mode
 from evax.attribution.base import Attribution, TargetLike, resolve_target
 from evax.errors import InvalidInputError
 from evax.metrics.infidelity import _blocks, _n_samples, score_function
@@ -53,7 +54,6 @@ from evax.metrics.perturbations import (
     _positive_float,
     _positive_int,
     derived_generator,
-    eval_mode,
     make_generator,
     progress_bar,
 )

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evax.attribution._groups import eval_mode, progress_bar, score_function
+from evax._modes import eval_mode
+from evax.attribution._groups import progress_bar, score_function
 from evax.attribution.base import Attribution, TargetLike, check_inputs, resolve_target
 from evax.errors import InvalidInputError, NotApplicableError
 

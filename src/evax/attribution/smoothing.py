@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from evax._modes import eval_mode
 from evax.attribution.base import TargetLike
 from evax.errors import InvalidInputError
 from evax.metrics.infidelity import call_explainer, find_model, resolve_targets
@@ -43,7 +44,6 @@ from evax.metrics.perturbations import (
     _positive_float,
     _positive_int,
     derived_generator,
-    eval_mode,
     make_generator,
     progress_bar,
 )

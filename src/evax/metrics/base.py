@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from evax._modes import eval_mode
 from evax.attribution._groups import (  # noqa: F401 - progress_bar, score_function re-exported
     GroupsLike,
     Variables,
-    eval_mode,
     flatten_inputs,
     progress_bar,
     score_function,

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from evax._modes import eval_mode
 from evax.attribution._groups import score_function
 from evax.attribution.base import TargetLike, resolve_target
 from evax.errors import InvalidInputError
@@ -37,7 +38,6 @@ from evax.metrics.perturbations import (
     _check_tensor,
     _positive_float,
     _positive_int,
-    eval_mode,
     make_generator,
     progress_bar,
 )

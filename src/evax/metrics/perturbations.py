@@ -49,12 +49,10 @@ import math
 import sys
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from evax import groups as groups_mod
 from evax.errors import InvalidInputError
@@ -153,17 +151,6 @@ def _check_baseline_spec(baseline: Any) -> BaselineSpec:
     if isinstance(baseline, (int, float)) and not math.isfinite(baseline):
         raise InvalidInputError(f"baseline must be finite, got {baseline!r}")
     return baseline
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block and restore its previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def progress_bar(

@@ -34,7 +34,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from evax.attribution._groups import GroupsLike, eval_mode, flatten_inputs
+from evax._modes import eval_mode
+from evax.attribution._groups import GroupsLike, flatten_inputs
 from evax.attribution.base import TargetLike
 from evax.errors import InvalidInputError
 from evax.metrics.attacks import minimal_l2_distance

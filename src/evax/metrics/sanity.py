@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from evax._modes import eval_mode
 from evax.attribution.base import TargetLike, resolve_target
 from evax.errors import InvalidInputError
 from evax.metrics.infidelity import call_explainer
-from evax.metrics.perturbations import _check_tensor, eval_mode, make_generator
+from evax.metrics.perturbations import _check_tensor, make_generator
 
 __all__ = ["RandomizationSanity", "SanityResult", "spearman"]
 

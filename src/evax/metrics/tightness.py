@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from evax.attribution._groups import eval_mode
+from evax._modes import eval_mode
 from evax.attribution.base import TargetLike, check_inputs, resolve_target
 from evax.attribution.eva import EVA, margin_spec
 from evax.bounds.api import bound
