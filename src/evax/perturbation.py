@@ -103,6 +103,10 @@ class PerturbationSet(ABC):
             value = (coeffs @ ref.unsqueeze(-1))[..., 0]
         return value - self.spread(coeffs) + bias
 
+    def box_radius(self) -> torch.Tensor | None:
+        """``(N, *S)`` half-widths when the set is the box ``reference() +- radius``, else ``None``."""
+        return None
+
     @abstractmethod
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         """A copy on another device/dtype."""
@@ -137,6 +141,9 @@ class Box(PerturbationSet):
     def spread(self, coeffs: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         rad = ((self.upper - self.lower) / 2).reshape(self.batch_size, -1)
         return _box_spread(coeffs, rad, rows)
+
+    def box_radius(self) -> torch.Tensor:
+        return (self.upper - self.lower) / 2
 
     def to(self, device=None, dtype=None) -> Box:
         return Box(self.lower.to(device=device, dtype=dtype), self.upper.to(device=device, dtype=dtype))
@@ -294,6 +301,12 @@ class Ball(PerturbationSet):
             lo, hi = self.interval()
             return (lo + hi) / 2
         return self.center
+
+    def box_radius(self) -> torch.Tensor | None:
+        if self.p != math.inf:
+            return None
+        lo, hi = self.interval()
+        return (hi - lo) / 2
 
     def spread(self, coeffs: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         if self.p == math.inf:

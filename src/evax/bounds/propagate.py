@@ -20,6 +20,7 @@ import math
 import torch
 
 from evax.bounds.graph import Graph
+from evax.bounds.local_forms import LocalForm, concretize_local, densify, input_local_form, local_forward
 from evax.bounds.ops.activation import LeakyReLU, ReLU
 from evax.bounds.ops.base import Form, Interval
 from evax.bounds.ops.linear import ElementwiseAffine, Linear, Reshape
@@ -52,10 +53,17 @@ class Propagator:
         inset: the perturbation set (``N`` boxes).
         methods: subset of ``{"ibp", "forward", "backward"}``.
         row_budget: how many floats a backward pass may hold at once (neuron chunking).
+        local_forms: keep forward forms as patches through the convolutional stem when the
+            input set is a box (:mod:`evax.bounds.local_forms`; same bounds, far less work).
     """
 
     def __init__(
-        self, graph: Graph, inset: PerturbationSet, methods: frozenset[str], row_budget: int = 2**27
+        self,
+        graph: Graph,
+        inset: PerturbationSet,
+        methods: frozenset[str],
+        row_budget: int = 2**27,
+        local_forms: bool = True,
     ) -> None:
         self.graph = graph
         self.inset = inset
@@ -66,6 +74,8 @@ class Propagator:
         self.forms: dict[int, Form] = {}
         self.relax: dict[int, object] = {}
         self._input_linears = _linears_on_input(graph)
+        self._box_radius = inset.box_radius() if local_forms else None
+        self._local = self._box_radius is not None and len(graph.input_shape) == 3
 
     # ------------------------------------------------------------------------------------------
     def run(self, spec: torch.Tensor | None) -> Interval:
@@ -87,25 +97,50 @@ class Propagator:
             if use_ibp_chain:
                 self.ibp[i] = op.interval(*[self.ibp[j] for j in node.inputs])
             if "forward" in self.methods:
-                self.forms[i] = op.forward(
-                    *[self.forms[j] for j in node.inputs], relaxation=self.relax.get(i)
-                )
+                self.forms[i] = self._forward_node(i)
             if g.needs_bounds(i):
                 self.best[i] = self._node_bounds(i)
                 if use_ibp_chain:
                     self.ibp[i] = self.best[i]
+            self._release_forms(i)
         return self._output_bounds(spec)
 
+    def _forward_node(self, i: int):
+        """Forward forms of node ``i``: local patches where a local rule applies, else dense."""
+        node = self.graph.nodes[i]
+        ins = [self.forms[j] for j in node.inputs]
+        relaxation = self.relax.get(i)
+        if len(ins) == 1 and isinstance(ins[0], LocalForm):
+            out = local_forward(node.op, ins[0], relaxation, node.shape)
+            if out is not None:
+                return out
+        for j, form in zip(node.inputs, ins, strict=True):
+            if isinstance(form, LocalForm):
+                self.forms[j] = densify(form)  # kept: other users of j reuse the dense form
+        return node.op.forward(*[self.forms[j] for j in node.inputs], relaxation=relaxation)
+
+    def _release_forms(self, i: int) -> None:
+        """Drop the forward forms no later node needs (they are the engine's largest tensors)."""
+        g = self.graph
+        for j in g.nodes[i].inputs:
+            if j in self.forms and j != g.output and all(u <= i for u in g.nodes[j].users):
+                del self.forms[j]
+
     # ------------------------------------------------------------------------------------------
-    def _input_form(self) -> Form:
-        d = self.graph.nodes[0].numel
+    def _input_form(self) -> Form | LocalForm:
         ref = self.inset.center
+        if self._local:
+            return input_local_form(self.graph.input_shape, ref)
+        d = self.graph.nodes[0].numel
         eye = torch.eye(d, device=ref.device, dtype=ref.dtype).view(1, d, *self.graph.input_shape)
         zero = torch.zeros((1, *self.graph.input_shape), device=ref.device, dtype=ref.dtype)
         return Form(eye, zero, eye, zero)
 
-    def _concretize_form(self, form: Form) -> Interval:
+    def _concretize_form(self, form: Form | LocalForm) -> Interval:
         n = self.inset.batch_size
+        if isinstance(form, LocalForm):
+            ref = self.inset.reference().reshape(n, *self.graph.input_shape)
+            return concretize_local(form, ref, self._box_radius)
         al = form.al.flatten(2).transpose(1, 2)  # (B, M, d)
         lower = self.inset.concretize(al, form.bl.flatten(1).expand(n, -1))
         au = form.au.flatten(2).transpose(1, 2)
@@ -270,6 +305,8 @@ class Propagator:
             cands.append(self._ibp_output(spec))
         if "forward" in self.methods:
             f = self.forms[out]
+            if isinstance(f, LocalForm):
+                f = densify(f)
             pos, neg = spec.clamp_min(0), spec.clamp_max(0)
             al, au = f.al.transpose(1, 2), f.au.transpose(1, 2)  # (B, n_out, d)
             coef_l = pos @ al + neg @ au

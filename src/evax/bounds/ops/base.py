@@ -168,15 +168,10 @@ class ElementwiseOp(Op):
 
     def forward(self, form: Form, relaxation=None) -> Form:
         a_l, b_l, a_u, b_u = relaxation
-
-        def combine(pos_coef, x_pos, x_neg):
-            p, n = pos_coef.clamp_min(0), pos_coef.clamp_max(0)
-            return p * x_pos + n * x_neg
-
-        al = combine(a_l.unsqueeze(1), form.al, form.au)
-        au = combine(a_u.unsqueeze(1), form.au, form.al)
-        bl = combine(a_l, form.bl, form.bu) + b_l
-        bu = combine(a_u, form.bu, form.bl) + b_u
+        al = signed_combine(a_l.unsqueeze(1), form.al, form.au)
+        au = signed_combine(a_u.unsqueeze(1), form.au, form.al)
+        bl = signed_combine(a_l, form.bl, form.bu) + b_l
+        bu = signed_combine(a_u, form.bu, form.bl) + b_u
         return Form(al, bl, au, bu)
 
     def backward(self, lam: torch.Tensor, relaxation=None):
@@ -187,6 +182,16 @@ class ElementwiseOp(Op):
         lam_in.addcmul_(neg, (a_u - a_l).unsqueeze(1))
         const = batched_dot(lam, b_l) + batched_dot(neg, b_u - b_l)
         return [lam_in], const
+
+
+def signed_combine(coef: torch.Tensor, x_pos: torch.Tensor, x_neg: torch.Tensor) -> torch.Tensor:
+    """``max(coef, 0) * x_pos + min(coef, 0) * x_neg`` (a bound of ``coef * x`` from bounds of
+    ``x``); a single product when ``coef`` has one sign everywhere."""
+    if bool((coef >= 0).all()):
+        return coef * x_pos
+    if bool((coef <= 0).all()):
+        return coef * x_neg
+    return coef.clamp_min(0) * x_pos + coef.clamp_max(0) * x_neg
 
 
 def batched_dot(lam: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:

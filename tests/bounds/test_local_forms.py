@@ -1,0 +1,137 @@
+"""Local (patch) forward forms give exactly the dense forward forms' bounds, only faster."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import evax
+from bounds.nets import ALL, make
+from bounds.test_soundness import assert_sound
+from evax.bounds.api import get_graph
+from evax.bounds.local_forms import densify, input_local_form
+from evax.bounds.propagate import Propagator
+from evax.perturbation import Box
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class PixelScale(nn.Module):
+    """A per-pixel affine map (not per channel): exercises the unfolded scale."""
+
+    def __init__(self, shape) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(5)
+        self.register_buffer("scale", torch.randn(shape, generator=gen))
+        self.register_buffer("shift", torch.randn(shape, generator=gen))
+
+    def forward(self, x):
+        return x * self.scale + self.shift
+
+
+def conv_stem(seed: int) -> nn.Module:
+    """A 3x12x12 net whose stem has every op with a local rule, then pooling and a head."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        PixelScale((3, 12, 12)),
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.LeakyReLU(0.1),
+        nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=2),
+        nn.Tanh(),
+        nn.Conv2d(6, 5, 2),
+        nn.Sigmoid(),
+        nn.Conv2d(5, 4, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 6),
+    )
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.normal_()
+    return net.eval()
+
+
+def _both(model, inset, methods):
+    graph = get_graph(model, inset.shape, torch.device("cpu"), torch.float32)
+    local = Propagator(graph, inset, frozenset(methods.split("+")), local_forms=True).run(None)
+    dense = Propagator(graph, inset, frozenset(methods.split("+")), local_forms=False).run(None)
+    return local, dense
+
+
+def _assert_close(a, b):
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4 * (1 + y.abs().max().item()))
+
+
+def _ball(shape, variant: str, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    center = torch.rand((3, *shape), generator=gen)
+    fixed = torch.rand((3, *shape), generator=gen) < 0.3
+    if variant == "box":
+        lo = center - 0.1 * torch.rand(center.shape, generator=gen)
+        return Box(lo, center + 0.1 * torch.rand(center.shape, generator=gen))
+    sign = {"half+": 1, "half-": -1}.get(variant, 0)
+    domain = (0.0, 1.0) if variant == "domain" else None
+    return evax.Ball(center, 0.1, fixed=fixed, domain=domain, sign=sign)
+
+
+@pytest.mark.parametrize("variant", ["plain", "domain", "half+", "half-", "box"])
+@pytest.mark.parametrize("methods", ["forward", "ibp+forward", "forward+backward"])
+def test_local_equals_dense_on_conv_stem(variant, methods):
+    model = conv_stem(seed=3)
+    local, dense = _both(model, _ball((3, 12, 12), variant, seed=11), methods)
+    _assert_close(local, dense)
+
+
+@pytest.mark.parametrize("arch", [a for a in ALL if a.startswith("conv") or a in {"residual", "pool_first"}])
+def test_local_equals_dense_on_test_nets(arch):
+    model = make(arch, seed=2)
+    local, dense = _both(model, _ball((2, 6, 6), "domain", seed=4), "ibp+forward")
+    _assert_close(local, dense)
+
+
+def test_conv_stem_is_sound():
+    model = conv_stem(seed=8)
+    ball = evax.Ball(torch.rand(2, 3, 12, 12), 0.05, domain=(0.0, 1.0))
+    assert_sound(model, ball, ["forward", "ibp+forward", "ibp+forward+backward"])
+
+
+def test_local_path_is_taken_for_box_sets_only(monkeypatch):
+    model = conv_stem(seed=1)
+    graph = get_graph(model, (3, 12, 12), torch.device("cpu"), torch.float32)
+    center = torch.rand(1, 3, 12, 12)
+    assert Propagator(graph, evax.Ball(center, 0.1), frozenset({"forward"}))._local
+    assert not Propagator(graph, evax.Ball(center, 0.5, p=2), frozenset({"forward"}))._local
+    assert evax.Ball(center, 0.5, p=1).box_radius() is None
+
+
+def test_densify_of_the_input_form_is_the_identity():
+    form = input_local_form((2, 3, 4), torch.zeros(1))
+    dense = densify(form)
+    eye = torch.eye(24).view(1, 24, 2, 3, 4)
+    assert torch.equal(dense.al, eye) and dense.al is dense.au
+
+
+def test_wide_windows_fall_back_to_dense():
+    # 5x5 kernels on a 6x6 input: the window would cover the layer, so the dense rule runs.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 5, padding=2), nn.ReLU(), nn.Conv2d(3, 3, 5), nn.Flatten(), nn.Linear(12, 4)
+    )
+    local, dense = _both(model.eval(), _ball((2, 6, 6), "plain", seed=1), "ibp+forward")
+    _assert_close(local, dense)
+
+
+def test_p2_ball_is_unchanged_by_the_flag():
+    model = conv_stem(seed=2)
+    ball = evax.Ball(torch.rand(2, 3, 12, 12), 0.3, p=2)
+    local, dense = _both(model, ball, "forward")
+    assert all(torch.equal(x, y) for x, y in zip(local, dense, strict=True))
+    assert math.isfinite(local[1].max().item())
