@@ -6,10 +6,12 @@ concretised on the perturbation set) and backward (CROWN: a linear bound pulled 
 input) -- and keeps their intersection; the nonlinearity is then relaxed on that intersection,
 so every method downstream profits from the tightest bounds any method proved.
 
+Outputs of monotone ops (ReLU-like activations, max pooling) get their bounds by applying the op
+to their input's bounds: no linear bound can be tighter (see :meth:`Propagator._node_bounds`).
 Backward passes for intermediate nodes skip neurons that are already *stable* (``l >= 0`` or
-``u <= 0``) for every box when all users of the node are ReLU/LeakyReLU: their relaxation is
-exact whatever the bounds, so the result is identical to running CROWN on them, at a fraction
-of the cost. Stability is judged on a running IBP chain that the engine keeps for this purpose
+``u <= 0``) for every box when all users of the node are ReLU/LeakyReLU whose own bounds are not
+needed: their relaxation is exact whatever the bounds, so the result is identical to running
+CROWN on them, at a fraction of the cost. Stability is judged on a running IBP chain that the engine keeps for this purpose
 even when ``ibp`` is not one of the requested methods (its values then only select neurons).
 """
 
@@ -20,6 +22,7 @@ import math
 import torch
 
 from evax.bounds.graph import Graph
+from evax.bounds.local_backward import local_lower_bounds, stem_chain, stem_window
 from evax.bounds.local_forms import LocalForm, concretize_local, densify, input_local_form, local_forward
 from evax.bounds.ops.activation import LeakyReLU, ReLU
 from evax.bounds.ops.base import Form, Interval
@@ -150,6 +153,13 @@ class Propagator:
     def _node_bounds(self, i: int) -> Interval:
         node = self.graph.nodes[i]
         shape = (self.inset.batch_size, *node.shape)
+        if node.op.monotone and all(j in self.best for j in node.inputs):
+            # f monotone: f(best bounds of its input) is the exact range over that box, and any
+            # forward/backward bound of f(x) is looser: its linear upper bound a_u x + b_u
+            # (a_u >= 0) is maximised at an upper bound u' >= u of x, where it is >= f(u'),
+            # and likewise below. So the linear passes are skipped here: these bounds are never
+            # looser (downstream relaxations built on them may still, rarely, differ either way).
+            return node.op.interval(*[self.best[j] for j in node.inputs])
         cands: list[Interval] = []
         if "ibp" in self.methods:
             cands.append(self.ibp[i])
@@ -167,13 +177,20 @@ class Propagator:
         node = g.nodes[i]
         n = self.inset.batch_size
         ref_lo, ref_hi = ref[0].reshape(n, -1), ref[1].reshape(n, -1)
-        kinks_only = all(isinstance(g.nodes[u].op, (ReLU, LeakyReLU)) for u in node.users)
+        # Stable neurons can be skipped when the bounds only feed ReLU relaxations (exact for
+        # them whatever the bounds) -- not when a user's own bounds are read off these ones.
+        kinks_only = all(
+            isinstance(g.nodes[u].op, (ReLU, LeakyReLU)) and not g.needs_bounds(u) for u in node.users
+        )
         if kinks_only:
             rows = ((ref_lo < 0) & (ref_hi > 0)).any(dim=0).nonzero()[:, 0]
         else:
             rows = torch.arange(node.numel, device=ref_lo.device)
         lower, upper = ref_lo.clone(), ref_hi.clone()
-        if rows.numel():
+        chain = stem_chain(g, i) if self._local else None
+        if chain is not None and rows.numel():
+            self._backward_positions(i, chain, rows, lower, upper)
+        elif rows.numel():
             widest = max(g.nodes[j].numel for j in range(i + 1))
             chunk = max(1, self.row_budget // max(1, 2 * n * widest))
             for start in range(0, rows.numel(), chunk):
@@ -183,6 +200,26 @@ class Propagator:
                 upper[:, r] = torch.minimum(upper[:, r], hi_r)
         shape = (n, *node.shape)
         return lower.view(shape), upper.view(shape)
+
+    def _backward_positions(self, i: int, chain: list[int], rows, lower, upper) -> None:
+        """CROWN bounds of a conv-stem node, position by position (:mod:`local_backward`):
+        every channel at each position holding one of ``rows``; tightens ``lower``/``upper``
+        ``(N, C*H*W)`` in place."""
+        g = self.graph
+        n = self.inset.batch_size
+        c, h, w = g.nodes[i].shape
+        positions = torch.unique(rows % (h * w))
+        rh, rw = stem_window(g, chain)
+        channels = max(g.nodes[j].shape[0] for j in [*chain, 0])
+        chunk = max(1, self.row_budget // (8 * n * c * channels * rh * rw))
+        centre = self.inset.reference().reshape(n, *g.input_shape)
+        chans = torch.arange(c, device=rows.device).view(c, 1) * (h * w)
+        for start in range(0, positions.numel(), chunk):
+            pos = positions[start : start + chunk]
+            lo_p, hi_p = local_lower_bounds(g, chain, pos, self.relax, centre, self._box_radius)
+            r = (chans + pos).reshape(-1)  # (C * P) flat neuron indices, channel-major
+            lower[:, r] = torch.maximum(lower[:, r], lo_p.reshape(n, -1))
+            upper[:, r] = torch.minimum(upper[:, r], hi_p.reshape(n, -1))
 
     def _backward_rows(self, i: int, rows: torch.Tensor) -> Interval:
         """Lower and upper CROWN bounds of the neurons ``rows`` of node ``i``: ``(N, R)`` each."""

@@ -74,6 +74,9 @@ class Op(ABC):
 
     # Nonlinear ops need the bounds of their input to build a relaxation.
     needs_relaxation: bool = False
+    # Monotone nondecreasing in every input: ``interval`` is then the exact range over a box,
+    # and no linear bound of the output can beat it (see Propagator._node_bounds).
+    monotone: bool = False
 
     def relax(self, lower: torch.Tensor, upper: torch.Tensor):  # pragma: no cover - linear ops
         return None
@@ -158,6 +161,7 @@ class ElementwiseOp(Op):
     """
 
     needs_relaxation = True
+    monotone = True
 
     @abstractmethod
     def relax(self, lower: torch.Tensor, upper: torch.Tensor):

@@ -20,6 +20,7 @@ class MaxPool2d(Op):
 
     kind = "maxpool2d"
     needs_relaxation = True
+    monotone = True
 
     def __init__(self, kernel_size, stride, padding, dilation, in_shape, out_shape) -> None:
         self.kernel_size, self.stride = kernel_size, stride
@@ -54,7 +55,7 @@ class MaxPool2d(Op):
         n, c = lower.shape[:2]
         lw = self._windows(lower, -float("inf"))
         uw = self._windows(upper, -float("inf"))
-        best_l, j = lw.max(dim=2)  # (N, C, L)
+        best_l, j = lw.max(dim=2)  # (N, C, L); ties go to the first input of the window
         others = uw.scatter(2, j.unsqueeze(2), -float("inf"))
         dominant = best_l >= others.amax(dim=2)
         u_max = uw.amax(dim=2)
