@@ -126,25 +126,32 @@ def local_lower_bounds(
             lam = lam.view(*lead, *lam.shape[1:])
             offset = (offset[0] - op.padding[0], offset[1] - op.padding[1])
             in_hw = graph.nodes[graph.nodes[j].inputs[0]].shape[1:]
-            lam = lam * windows.valid(offset, lam.shape[-2:], in_hw, device)
+            lam.mul_(windows.valid(offset, lam.shape[-2:], in_hw, device))
         elif isinstance(op, ElementwiseAffine):
             shape = graph.nodes[j].shape
             if op.bias is not None:
                 shift = windows.gather(_node_map(op.bias, shape), offset, window)
-                const = const + (lam * shift).flatten(3).sum(dim=3)
+                const = const + _dot(lam, shift)
             lam = lam * windows.gather(_node_map(op.scale, shape), offset, window)
         else:  # an elementwise nonlinearity, relaxed: lam a_l + min(lam, 0) (a_u - a_l)
             a_l, b_l, a_u, b_u = relax[j]
             neg = lam.clamp_max(0)
-            gap = windows.gather(a_u - a_l, offset, window)
-            const = const + (neg * windows.gather(b_u - b_l, offset, window)).flatten(3).sum(dim=3)
+            const = const + _dot(neg, windows.gather(b_u - b_l, offset, window))
             if bool((b_l != 0).any()):
-                const = const + (lam * windows.gather(b_l, offset, window)).flatten(3).sum(dim=3)
-            lam = lam * windows.gather(a_l, offset, window) + neg * gap
+                const = const + _dot(lam, windows.gather(b_l, offset, window))
+            lam = (lam * windows.gather(a_l, offset, window)).addcmul_(
+                neg, windows.gather(a_u - a_l, offset, window)
+            )
     window = (lam.shape[-2], lam.shape[-1])
     q, x = windows.gather(rad, offset, window), windows.gather(ref, offset, window)
-    lower = (lam * x - lam.abs() * q).flatten(3).sum(dim=3) + const  # (N, P, 2C)
+    lower = _dot(lam, x) - _dot(lam.abs(), q) + const  # (N, P, 2C)
     return lower[:, :, :c].transpose(1, 2), -lower[:, :, c:].transpose(1, 2)
+
+
+def _dot(lam: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
+    """``sum over (C, Rh, Rw)`` of ``lam * win``: ``(B, P, K, ...) x (B', P, 1, ...) -> (B*, P, K)``,
+    as a batched matrix-vector product (no temporary of ``lam``'s size)."""
+    return torch.matmul(lam.flatten(3), win.flatten(3).transpose(-1, -2)).squeeze(-1)
 
 
 def _node_map(t: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
