@@ -257,7 +257,10 @@ class _NoiseTunnelGradient(CaptumAttribution):
 
 
 class SmoothGrad(_NoiseTunnelGradient):
-    __doc__ = "SmoothGrad (Smilkov et al.): ``E_d grad f(x + d)``.\n\n" + (_NoiseTunnelGradient.__doc__ or "")
+    __doc__ = (
+        "SmoothGrad (Smilkov et al.): ``E_d grad f(x + d)``, *signed* (as Xplique, the EVA paper's "
+        "stack; ``reduce='abs'`` ranks by magnitude instead).\n\n" + (_NoiseTunnelGradient.__doc__ or "")
+    )
     name = "smoothgrad"
     nt_type = "smoothgrad"
 
