@@ -18,14 +18,12 @@ selections of variables ``(M, V)`` into pixel masks ``(M, 1, P)``.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from evax import groups as groups_mod
+from evax._progress import progress_bar  # noqa: F401 - re-exported for the methods
 from evax.attribution.base import reduce_channels
 from evax.errors import InvalidInputError
 
@@ -214,12 +212,6 @@ class Variables:
 def flatten_inputs(inputs: torch.Tensor) -> torch.Tensor:
     """``(N, C, H, W) -> (N, C, H*W)``, ``(N, D) -> (N, 1, D)``."""
     return inputs.flatten(2) if inputs.ndim == 4 else inputs.unsqueeze(1)
-
-
-def progress_bar(iterable: Iterable[Any], progress: bool | None, **kwargs: Any) -> Iterable[Any]:
-    """``tqdm(iterable)`` when ``progress`` is True, or None and stderr is a TTY; else as is."""
-    show = sys.stderr.isatty() if progress is None else progress
-    return tqdm(iterable, **kwargs) if show else iterable
 
 
 def score_function(activation: str | None | Callable[[torch.Tensor], torch.Tensor]) -> Callable:

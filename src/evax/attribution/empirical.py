@@ -26,6 +26,7 @@ import torch.fx
 from torch import nn
 
 from evax import groups as groups_mod
+from evax._modes import eval_mode
 from evax.attribution.base import Attribution, TargetLike, check_inputs, resolve_target
 from evax.attribution.eva import DEFAULT_GROUPS, Explanation, _norm_name, margin_spec
 from evax.bounds.api import bound
@@ -126,9 +127,7 @@ class EmpiricalEVA(_SamplingEVA):
 
     def explain(self, inputs: torch.Tensor, target: TargetLike = None) -> Explanation:
         start = time.perf_counter()
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             tgt, masks = self._prepare(inputs, target)
             rows = []
             with torch.no_grad():
@@ -142,8 +141,6 @@ class EmpiricalEVA(_SamplingEVA):
                         margins = (logits @ spec.T).amax(dim=1).view(pts.shape[0], -1)
                         best = torch.maximum(best, margins.amax(dim=0))
                     rows.append(best)
-        finally:
-            self.model.train(was_training)
         params = {
             "eps": float(self.eps),
             "p": _norm_name(self.p),
@@ -260,9 +257,7 @@ class HybridEVA(_SamplingEVA):
 
     def explain(self, inputs: torch.Tensor, target: TargetLike = None) -> Explanation:
         start = time.perf_counter()
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             tgt, masks = self._prepare(inputs, target)
             with torch.no_grad():
                 n_out = self.model(inputs[:1]).shape[1]
@@ -284,8 +279,6 @@ class HybridEVA(_SamplingEVA):
             spec = margin_spec(tgt, n_out).repeat_interleave(1 + g, dim=0)
             b = bound(self.tail, boxes, self.method, spec)
             ao_all = b.upper.amax(dim=1).view(inputs.shape[0], 1 + g)
-        finally:
-            self.model.train(was_training)
         ao = ao_all[:, 0]
         ao_fixed = torch.minimum(ao_all[:, 1:], ao.unsqueeze(1))
         scores = ao.unsqueeze(1) - ao_fixed

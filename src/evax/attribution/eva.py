@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from evax import groups as groups_mod
+from evax._modes import eval_mode
 from evax.attribution.base import Attribution, TargetLike, check_inputs, resolve_target
 from evax.bounds.api import bound
 from evax.errors import InvalidInputError
@@ -196,9 +197,7 @@ class EVA(Attribution):
         check_inputs(inputs)
         start = time.perf_counter()
         inputs = inputs.detach()
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             tgt = resolve_target(self.model, inputs, target)
             masks = groups_mod.resolve(self.groups, inputs, self.allow_overlap)
             with torch.no_grad():
@@ -223,8 +222,6 @@ class EVA(Attribution):
                     "ao_neg": ao_n,
                     "ao_fixed_neg": fixed_n,
                 }
-        finally:
-            self.model.train(was_training)
         return Explanation(
             map=groups_mod.paint(scores, masks),
             scores=scores,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from evax._modes import eval_mode
 from evax.bounds.graph import Graph, build_graph
 from evax.bounds.propagate import (
     Propagator,
@@ -167,9 +168,7 @@ def bound(
 
     device = _model_device(model, ball.center.device)
     dtype = torch.float64 if certify else _model_dtype(model)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             graph = get_graph(model, ball.shape, device, dtype)
             n = ball.batch_size
@@ -194,9 +193,6 @@ def bound(
                     los.append(lo)
                     his.append(hi)
                 lower, upper = torch.cat(los), torch.cat(his)
-    finally:
-        for m, training in modes.items():
-            m.training = training
     if certify:
         scale = 1 + torch.maximum(lower.abs(), upper.abs())
         lower = lower - _CERTIFY_REL_MARGIN * scale

@@ -46,7 +46,6 @@ Nothing here touches torch's global RNG; every draw uses the generator passed do
 from __future__ import annotations
 
 import math
-import sys
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -55,6 +54,7 @@ from typing import Any
 import torch
 
 from evax import groups as groups_mod
+from evax._progress import progress_bar  # noqa: F401 - re-exported for the metrics
 from evax.errors import InvalidInputError
 
 BaselineSpec = float | int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
@@ -151,18 +151,6 @@ def _check_baseline_spec(baseline: Any) -> BaselineSpec:
     if isinstance(baseline, (int, float)) and not math.isfinite(baseline):
         raise InvalidInputError(f"baseline must be finite, got {baseline!r}")
     return baseline
-
-
-def progress_bar(
-    iterable: Iterable[Any], progress: bool | None, total: int | None = None, desc: str = ""
-) -> Any:
-    """``tqdm(iterable)`` when ``progress`` is True, or None and stderr is a TTY; else as is."""
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    if not show:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
 def make_generator(seed: int, device: torch.device) -> torch.Generator:
