@@ -7,7 +7,7 @@ Saliency, the wall time of each metric divided by the number of images:
 * Deletion, Insertion (pixels, one pixel per step, uniform baseline: the paper's setting);
 * MuFidelity (pixels, subsets of 20 %, 200 subsets);
 * RobustnessSr on the 144 cells of a 12x12 grid with the default budget (20 steps of 5 %,
-  PGD 100 steps of 0.1 r, 1 start, radius search from 10 to tol 1e-3, at most 40 search
+  PGD 100 steps of 0.1 r with patience 10, 1 start, radius search from 10 to tol 1e-3, at most 40 search
   steps, domain [0, 1]); the budget is printed next to the time, with the number of capped
   (sample, step) pairs;
 * Tightness (mean verified AO, eps 0.5, p=inf, with the paper's bound method for the network),

@@ -77,8 +77,10 @@ class Propagator:
         self.forms: dict[int, Form] = {}
         self.relax: dict[int, object] = {}
         self._input_linears = _linears_on_input(graph)
-        self._box_radius = inset.box_radius() if local_forms else None
-        self._local = self._box_radius is not None and len(graph.input_shape) == 3
+        linear = "forward" in methods or "backward" in methods
+        use_local = local_forms and linear and len(graph.input_shape) == 3
+        self._box_radius = inset.box_radius() if use_local else None
+        self._local = self._box_radius is not None
 
     # ------------------------------------------------------------------------------------------
     def run(self, spec: torch.Tensor | None) -> Interval:

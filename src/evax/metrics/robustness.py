@@ -13,8 +13,8 @@ let the closest adversarial example be reached, so its curve is low.
 
 Defaults follow DESIGN.md / the paper: ``k_j`` in steps of 5 % of the variables
 (``fractions = 0.05, 0.10, ..., 1``; the last step frees everything, so it does not depend on
-the explanation), PGD with 100 steps, domain ``[0, 1]``, search from radius 10 with tolerance
-1e-3. The step length is relative to the radius (``step_size * r``, default 0.1 r).
+the explanation), PGD with 100 steps (a radius's attack stops early once its margin has not
+improved for 10 steps), domain ``[0, 1]``, search from radius 10 with tolerance 1e-3. The step length is relative to the radius (``step_size * r``, default 0.1 r).
 
 **Cap policy** (see :mod:`evax.metrics.attacks`): where the attack fails even at the top of the
 range -- the radius of the ball that covers the whole domain box of the free variables, or
@@ -58,7 +58,9 @@ class RobustnessSr(Metric):
             the others uniform in the ball).
         start, tol, max_radius, max_iter, rtol: the radius search (see
             :mod:`evax.metrics.attacks`); ``patience``: PGD gives up on a problem whose margin
-            stalls for that many steps (``None``: never).
+            stalls for that many steps (default 10, as Greedy-AS; ``None``: never). Measured
+            against ``None`` (``benchmarks/metrics.py`` setting, Saliency, 12x12 cells): AUCs
+            within 0.1 % on MNIST and CIFAR-10, 1.8x / 1.4x faster.
         tie_break: ``"random"`` (default; equal scores ranked in a random order drawn once
             from the seed, so a flat explanation gets no raster-order bias) or ``"index"``.
         reduce, group_reduce, batch_size, seed, progress: see :class:`evax.metrics.base.Metric`.
@@ -84,7 +86,7 @@ class RobustnessSr(Metric):
         max_radius: float | None = None,
         max_iter: int = 40,
         rtol: float = 0.0,
-        patience: int | None = None,
+        patience: int | None = 10,
         tie_break: str = "random",
         reduce: str = "sum",
         group_reduce: str = "auto",
