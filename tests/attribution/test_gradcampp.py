@@ -92,3 +92,21 @@ def test_zoo_cifar_cnn_shapes_determinism_ranges():
     with torch.no_grad():
         other = (model(x).argmax(1) + 1) % 10
     assert not torch.allclose(method.attribute(x, other), a)  # class-specific
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_a_one_by_one_cam_layer_warns_that_the_map_is_flat(method):
+    import warnings
+
+    from evax.attribution import GradCAM
+
+    torch.manual_seed(0)
+    flat = nn.Sequential(nn.Conv2d(2, 3, 6), nn.ReLU(), nn.Flatten(), nn.Linear(3, 4)).eval()
+    spatial = _cnn()
+    cls = GradCAM if method == "gradcam" else GradCAMPlusPlus
+    x = torch.rand(2, 2, 6, 6)
+    with pytest.warns(UserWarning, match="1 x 1"):
+        cls(flat).attribute(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cls(spatial).attribute(x)

@@ -102,6 +102,17 @@ def cam_layer(model: nn.Module, layer: nn.Module | str | None, method: str) -> n
     return modules[i]
 
 
+def warn_if_flat(shape: tuple[int, ...], method: str) -> None:
+    """Warn when the CAM layer's output ``(N, K, h, w)`` is ``1 x 1``: the map is then one
+    constant over the image (e.g. the zoo's CIFAR-10 CNN, whose last conv feeds 64 features)."""
+    if len(shape) == 4 and shape[2] == 1 and shape[3] == 1:
+        warnings.warn(
+            f"{method}: the layer's output is 1 x 1, so the map is constant over the image; "
+            "pass layer= an earlier convolution for a spatial map",
+            stacklevel=3,
+        )
+
+
 def _need_images(inputs: torch.Tensor, method: str) -> None:
     check_inputs(inputs)
     if inputs.ndim != 4:
@@ -365,6 +376,7 @@ class GradCAM(CaptumAttribution):
             raise NotApplicableError(
                 f"Grad-CAM needs a layer with (N, K, h, w) outputs, got {tuple(cam.shape)}"
             )
+        warn_if_flat(tuple(cam.shape), "Grad-CAM")
         return F.interpolate(cam, size=inputs.shape[2:], mode="bilinear", align_corners=False)
 
     def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:

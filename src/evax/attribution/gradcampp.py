@@ -27,7 +27,7 @@ from torch import nn
 
 from evax._modes import eval_mode
 from evax.attribution.base import Attribution, TargetLike, check_inputs, resolve_target
-from evax.attribution.captum_methods import _need_images, cam_layer
+from evax.attribution.captum_methods import _need_images, cam_layer, warn_if_flat
 from evax.errors import NotApplicableError
 
 
@@ -65,6 +65,7 @@ class GradCAMPlusPlus(Attribution):
                     raise NotApplicableError(
                         f"Grad-CAM++ needs a layer with (N, K, h, w) outputs, got {tuple(acts.shape)}"
                     )
+                warn_if_flat(tuple(acts.shape), "Grad-CAM++")
                 score = logits.gather(1, tgt.view(-1, 1)).sum()
                 (g,) = torch.autograd.grad(score, acts)
         finally:
