@@ -219,6 +219,8 @@ def test_bad_arguments():
         Saliency(model).attribute(torch.full_like(x, float("nan")))
     with pytest.raises(InvalidInputError, match="target"):
         Saliency(model).attribute(x, [0, 1, 2])
+    one = Saliency(model).attribute(x, torch.tensor([1]))  # one class for every input
+    assert torch.equal(one, Saliency(model).attribute(x, 1))
     with pytest.raises(InvalidInputError, match="out of range"):
         GradientInput(model).attribute(x, 7)
     with pytest.raises(InvalidInputError):

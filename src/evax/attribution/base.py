@@ -22,7 +22,9 @@ TargetLike = int | Sequence[int] | torch.Tensor | None
 def resolve_target(model: nn.Module, inputs: torch.Tensor, target: TargetLike) -> torch.Tensor:
     """Turn ``target`` into an int64 tensor ``(N,)`` on ``inputs.device``.
 
-    ``None`` -> ``argmax model(inputs)``. Raises :class:`InvalidInputError` for a wrong length or a
+    ``None`` -> ``argmax model(inputs)``; an int or a one-element tensor/list -> that class for
+    every input (Captum's ``sensitivity_max`` passes ``(1,)`` targets with ``N`` perturbed
+    copies of one image); otherwise one class per input. Raises :class:`InvalidInputError` for a wrong length or a
     class index outside ``[0, n_classes)``.
     """
     n = inputs.shape[0]
@@ -30,8 +32,8 @@ def resolve_target(model: nn.Module, inputs: torch.Tensor, target: TargetLike) -
         with torch.no_grad():
             return model(inputs).argmax(dim=1)
     t = torch.as_tensor(target, dtype=torch.long, device=inputs.device)
-    if t.ndim == 0:
-        t = t.expand(n).clone()
+    if t.numel() == 1 and t.ndim <= 1:
+        t = t.reshape(()).expand(n).clone()
     if t.ndim != 1 or t.shape[0] != n:
         raise InvalidInputError(f"target must be an int or have shape ({n},), got {tuple(t.shape)}")
     with torch.no_grad():
