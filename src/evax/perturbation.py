@@ -139,8 +139,7 @@ class Box(PerturbationSet):
         return self.center
 
     def spread(self, coeffs: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
-        rad = ((self.upper - self.lower) / 2).reshape(self.batch_size, -1)
-        return _box_spread(coeffs, rad, rows)
+        return _box_spread(coeffs, self.box_radius().reshape(self.batch_size, -1), rows)
 
     def box_radius(self) -> torch.Tensor:
         return (self.upper - self.lower) / 2
@@ -311,8 +310,7 @@ class Ball(PerturbationSet):
     def spread(self, coeffs: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         if self.p == math.inf:
             if "rad" not in self._cache:
-                lo, hi = self.interval()
-                self._cache["rad"] = ((hi - lo) / 2).reshape(self.batch_size, -1)
+                self._cache["rad"] = self.box_radius().reshape(self.batch_size, -1)
             return _box_spread(coeffs, self._cache["rad"], rows)
         n = self.batch_size
         free = self.free.reshape(n, 1, -1)

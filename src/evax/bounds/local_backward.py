@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from evax.bounds.graph import Graph
+from evax.bounds.local_forms import axis_valid
 from evax.bounds.ops.base import ElementwiseOp
 from evax.bounds.ops.linear import Conv2d, ElementwiseAffine
 
@@ -73,13 +74,12 @@ class Windows:
         windows = padded.as_strided((b, hw[0], hw[1], c, rh, rw), (s[0], s[1], s[2], s[3], s[1], s[2]))
         return windows[:, self.pos_h + oh + top, self.pos_w + ow + left].unsqueeze(2)
 
-    def valid(self, offset, window, shape_hw, device) -> torch.Tensor:
+    def valid(self, offset, window, shape_hw) -> torch.Tensor:
         """``(1, P, 1, 1, Rh, Rw)`` mask of the window entries inside an ``H x W`` map."""
-        masks = []
-        for pos, off, r, size in zip((self.pos_h, self.pos_w), offset, window, shape_hw, strict=True):
-            idx = pos.view(-1, 1) + off + torch.arange(r, device=device)
-            masks.append((idx >= 0) & (idx < size))
-        rows, cols = masks
+        rows, cols = (
+            axis_valid(pos, off, r, size)
+            for pos, off, r, size in zip((self.pos_h, self.pos_w), offset, window, shape_hw, strict=True)
+        )
         return (rows[:, :, None] & cols[:, None, :]).view(1, -1, 1, 1, *window)
 
 
@@ -126,7 +126,7 @@ def local_lower_bounds(
             lam = lam.view(*lead, *lam.shape[1:])
             offset = (offset[0] - op.padding[0], offset[1] - op.padding[1])
             in_hw = graph.nodes[graph.nodes[j].inputs[0]].shape[1:]
-            lam.mul_(windows.valid(offset, lam.shape[-2:], in_hw, device))
+            lam.mul_(windows.valid(offset, lam.shape[-2:], in_hw))
         elif isinstance(op, ElementwiseAffine):
             shape = graph.nodes[j].shape
             if op.bias is not None:

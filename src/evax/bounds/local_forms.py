@@ -69,13 +69,19 @@ def input_local_form(shape: tuple[int, ...], ref: torch.Tensor) -> LocalForm:
     return LocalForm(eye, zero, eye, zero, (0, 0), (c0, h0, w0))
 
 
+def axis_valid(pos: torch.Tensor, offset: int, r: int, size: int) -> torch.Tensor:
+    """``(len(pos), r)``: whether window entry ``i`` of position ``p`` -- row (or column)
+    ``p + offset + i`` -- lies inside a map of ``size`` rows (or columns)."""
+    idx = pos.view(-1, 1) + offset + torch.arange(r, device=pos.device)
+    return (idx >= 0) & (idx < size)
+
+
 def _validity(form_hw, window, offset, layer_hw, device) -> torch.Tensor:
     """``(1, 1, H0, W0, 1, Rh, Rw)`` float mask: 1 where the patch entry is a neuron of the layer."""
-    masks = []
-    for n_in, r, off, size in zip(form_hw, window, offset, layer_hw, strict=True):
-        idx = torch.arange(n_in, device=device).view(-1, 1) + off + torch.arange(r, device=device)
-        masks.append((idx >= 0) & (idx < size))
-    rows, cols = masks
+    rows, cols = (
+        axis_valid(torch.arange(n_in, device=device), off, r, size)
+        for n_in, r, off, size in zip(form_hw, window, offset, layer_hw, strict=True)
+    )
     valid = rows[:, None, :, None] & cols[None, :, None, :]
     h0, w0 = form_hw
     return valid.view(1, 1, h0, w0, 1, *window)
