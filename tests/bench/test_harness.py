@@ -111,6 +111,33 @@ def test_partial_resume_computes_only_missing_metrics(tmp_path, monkeypatch):
     assert calls == ["MuFidelity"]
 
 
+def test_metric_filter_computes_only_those_and_shares_the_cache(tmp_path, monkeypatch):
+    from evax.errors import InvalidInputError
+
+    kw = dict(n=1, out=tmp_path, settings=["mnist"], quick=True, offline=True, methods=["Saliency"], progress=False)
+    with pytest.raises(InvalidInputError, match="unknown metrics"):
+        tables.eva_table1(metrics=["no-such-metric"], **kw)
+    calls = []
+    real_metric_class = cells_mod.metric_class
+
+    def spy(name):
+        calls.append(name)
+        return real_metric_class(name)
+
+    monkeypatch.setattr(cells_mod, "metric_class", spy)
+    part = tables.eva_table1(metrics=["deletion"], **kw)
+    assert calls == ["Deletion"]
+    assert list(part.columns.get_level_values(1)) == ["deletion", "seconds"]
+    assert part.notna().all().all()
+    # a run without the filter reuses the cached map and Deletion, and computes only the rest
+    calls.clear()
+    monkeypatch.setattr(cells_mod.Explainer, "map", lambda *a: (_ for _ in ()).throw(AssertionError("re-explained")))
+    full = tables.eva_table1(**kw)
+    assert sorted(calls) == ["Insertion", "MuFidelity", "RobustnessSr"]
+    assert full[("mnist", "deletion")].equals(part[("mnist", "deletion")])
+    assert full.notna().all().all()
+
+
 def test_targeted_grid_and_cli(tmp_path):
     from typer.testing import CliRunner
 

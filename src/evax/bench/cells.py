@@ -46,6 +46,7 @@ class Cell:
     config: dict
     threads: int | None = None
     prior: dict = field(default_factory=dict)
+    only: tuple[str, ...] | None = None  # compute only these metrics (None: all of the config's)
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -246,12 +247,17 @@ def compute_cell(cell: Cell) -> dict:
     return rec
 
 
+def _metric_names(cell: Cell) -> list[str]:
+    names = list(cell.config.get("metrics", {}))
+    return names if cell.only is None else [m for m in names if m in cell.only]
+
+
 def _expected(cell: Cell) -> list[str]:
-    return list(cell.config.get("metrics", {}).keys()) + (["seconds"] if cell.config.get("timed", True) else [])
+    return _metric_names(cell) + (["seconds"] if cell.config.get("timed", True) else [])
 
 
 def _todo(cell: Cell, rec: dict) -> list[str]:
-    return [m for m in cell.config.get("metrics", {}) if m not in rec["values"] and m not in rec["errors"]]
+    return [m for m in _metric_names(cell) if m not in rec["values"] and m not in rec["errors"]]
 
 
 def _image(cell: Cell, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, int]:

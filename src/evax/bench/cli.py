@@ -21,6 +21,9 @@ def bench(
     address: Annotated[str | None, typer.Option(help="existing Ray cluster address ('auto', 'ray://...')")] = None,
     setting: Annotated[list[str] | None, typer.Option(help="only these settings (repeat), e.g. mnist")] = None,
     method: Annotated[list[str] | None, typer.Option(help="only these rows (repeat), e.g. EVA")] = None,
+    metric: Annotated[
+        list[str] | None, typer.Option(help="only these metric columns (repeat), e.g. deletion")
+    ] = None,
     seed: Annotated[int, typer.Option(help="base seed (image i uses seed + i)")] = 0,
     quick: Annotated[bool, typer.Option(help="reduced budgets (smoke test)")] = False,
     offline: Annotated[bool, typer.Option(help="MNIST from the 20 shipped digits (no download)")] = False,
@@ -45,7 +48,7 @@ def bench(
             for name in names:
                 df = run_table(name, n=n, out=out, settings=setting or None, workers=workers, address=address,
                                device=device, seed=seed, quick=quick, offline=offline,
-                               methods=method or None)
+                               methods=method or None, metrics=metric or None)
                 typer.echo(f"== {name} ==")
                 typer.echo(df.to_string(float_format=lambda v: f"{v:.4g}"))
                 errs = df.attrs.get("errors", {})

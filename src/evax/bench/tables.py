@@ -150,6 +150,7 @@ class RunOptions:
     progress: bool | None = None
     quick: bool = False
     offline: bool = False
+    metrics: list[str] | None = None  # only these metric columns (None: all)
 
     @property
     def cache(self) -> ResultCache:
@@ -175,6 +176,7 @@ def run_cells(cells: list[cells_mod.Cell], opts: RunOptions, desc: str) -> tuple
     records: dict[tuple, dict] = {}
     todo: list[cells_mod.Cell] = []
     fps = {}
+    _restrict_metrics(cells, opts.metrics)
     for c in cells:
         # the device and the cache folder are left out: a run on another device, or a moved
         # output folder, reuses the cells (same maths)
@@ -200,6 +202,18 @@ def run_cells(cells: list[cells_mod.Cell], opts: RunOptions, desc: str) -> tuple
         records[c.key] = rec
         computed += 1
     return records, {"cached": len(cells) - len(todo), "computed": computed}
+
+
+def _restrict_metrics(cells: list[cells_mod.Cell], keep: list[str] | None) -> None:
+    """Mark the cells to compute only the metrics ``keep`` (not part of their fingerprint)."""
+    if keep is None:
+        return
+    known = {m for c in cells for m in c.config.get("metrics", {})}
+    bad = [m for m in keep if m not in known]
+    if bad:
+        raise InvalidInputError(f"unknown metrics {bad}; this table has {sorted(known)}")
+    for c in cells:
+        c.only = tuple(m for m in c.config.get("metrics", {}) if m in keep)
 
 
 def _complete(c: cells_mod.Cell, rec: dict) -> bool:
@@ -297,6 +311,8 @@ def _finish(
     started: float,
 ):
     """Aggregate, build the DataFrame, write ``OUT/<name>.csv`` and ``OUT/<name>.json``."""
+    if opts.metrics is not None:
+        metrics = [m for m in metrics if m == "seconds" or m in opts.metrics]
     methods = list(dict.fromkeys(c.method for c in cells))
     setting_keys = list(dict.fromkeys(c.setting for c in cells))
     rows, errors = _aggregate(name, cells, records, metrics)
@@ -381,10 +397,14 @@ def _setting_meta(s: Setting, n: int, **extra) -> dict:
     return {"model": s.model, "dataset": s.dataset, "n": n, "note": s.note, **extra}
 
 
-def _options(out, workers, address, device, seed, threads, progress, quick, offline) -> RunOptions:
+def _options(out, workers, address, device, seed, threads, progress, quick, offline, metrics=None) -> RunOptions:
     if workers < 1:
         raise InvalidInputError(f"workers must be >= 1, got {workers}")
-    return RunOptions(Path(out), workers, address, device, seed, threads, progress, quick, offline)
+    if metrics is not None:
+        if isinstance(metrics, str) or not metrics:
+            raise InvalidInputError(f"metrics must be a non-empty list of metric names, got {metrics!r}")
+        metrics = list(dict.fromkeys(metrics))
+    return RunOptions(Path(out), workers, address, device, seed, threads, progress, quick, offline, metrics)
 
 
 _COMMON_DOC = """
@@ -399,6 +419,9 @@ _COMMON_DOC = """
         quick: reduced budgets (tests).
         offline: MNIST from the 20 shipped digits instead of the fetched test set.
         progress: tqdm bars (None: when stderr is a TTY).
+        metrics: compute only these metric columns (e.g. ``["deletion", "insertion"]``; None: all).
+            The cache is shared with full runs: a later run without the filter computes only
+            the missing metrics and reuses the cached explanations.
 """
 
 
@@ -441,6 +464,7 @@ def eva_table1(
     n: int | None = None, out: str | Path = "bench-out", settings=None, workers: int = 1, address: str | None = None,
     device: str = "cpu", seed: int = 0, threads: int | None = None, quick: bool = False, offline: bool = False,
     progress: bool | None = None, methods: list[str] | None = None,
+    metrics: list[str] | None = None,
 ):
     """EVA paper Table 1: Deletion (lower better), Insertion, muFidelity (higher better),
     Robustness-S_r (lower better) and seconds per explanation for Saliency, Grad x Input,
@@ -448,7 +472,7 @@ def eva_table1(
     (EVA: IBP+Forward+Backward, eps 0.5, 12x12 grid), CIFAR-10 (see :func:`eva_settings`) and
     ImageNet (hybrid EVA at the penultimate layer). Metrics on the 12x12 grid cells (App. F).
     """
-    opts = _options(out, workers, address, device, seed, threads, progress, quick, offline)
+    opts = _options(out, workers, address, device, seed, threads, progress, quick, offline, metrics)
     started = time.perf_counter()
     all_s = {"mnist": _mnist(offline), "cifar10": CIFAR, "imagenet": IMAGENET}
     metrics = metric_configs(quick)
@@ -473,6 +497,7 @@ def eva_table2(
     n: int | None = None, out: str | Path = "bench-out", settings=None, workers: int = 1, address: str | None = None,
     device: str = "cpu", seed: int = 0, threads: int | None = None, quick: bool = False, offline: bool = False,
     progress: bool | None = None, tiny_n: int | None = None, methods: list[str] | None = None,
+    metrics: list[str] | None = None,
 ):
     """EVA paper Table 2: Tightness (mean guaranteed upper bound of AO(x, B), lower = tighter),
     Deletion, Insertion, muFidelity, Robustness-S_r of EVA with IBP, Forward, Backward and
@@ -486,7 +511,7 @@ def eva_table2(
     MILP handles up to 400 binaries and takes exponential time in them).
     ``tiny_n``: images of the tiny-net block (default ``n`` or 4).
     """
-    opts = _options(out, workers, address, device, seed, threads, progress, quick, offline)
+    opts = _options(out, workers, address, device, seed, threads, progress, quick, offline, metrics)
     started = time.perf_counter()
     mnist = _mnist(offline)
     keys = ["mnist", "mnist-tiny"] if settings is None else list(settings)
@@ -523,11 +548,12 @@ def eva_table3(
     n: int | None = None, out: str | Path = "bench-out", settings=None, workers: int = 1, address: str | None = None,
     device: str = "cpu", seed: int = 0, threads: int | None = None, quick: bool = False, offline: bool = False,
     progress: bool | None = None, methods: list[str] | None = None,
+    metrics: list[str] | None = None,
 ):
     """EVA paper Table 3 (App. B ablations): Greedy-AS, Greedy-AO (Greedy-AS with the AO
     estimator), EVA_emp (Eq. 3-4, uniform samples of the ball) and EVA, same metrics as Table 1.
     """
-    opts = _options(out, workers, address, device, seed, threads, progress, quick, offline)
+    opts = _options(out, workers, address, device, seed, threads, progress, quick, offline, metrics)
     started = time.perf_counter()
     all_s = {"mnist": _mnist(offline), "cifar10": CIFAR, "imagenet": IMAGENET}
     metrics = metric_configs(quick)
@@ -621,6 +647,7 @@ def infidelity_table1(
     n: int | None = None, out: str | Path = "bench-out", settings=None, workers: int = 1, address: str | None = None,
     device: str = "cpu", seed: int = 0, threads: int | None = None, quick: bool = False, offline: bool = False,
     progress: bool | None = None, methods: list[str] | None = None,
+    metrics: list[str] | None = None,
 ):
     """Yeh et al. Table 1: SENS_MAX (Def. 3.1, relative, L-inf ball r = 0.2 local / 0.1 global,
     50 samples) and INFD (Def. 2.1 with the optimal beta; Noisy-Baseline perturbation for local
@@ -631,7 +658,7 @@ def infidelity_table1(
     backprop; global ones multiply by ``x - 0`` (IG is global as is). The model's logit of the
     predicted class is explained and scored.
     """
-    opts = _options(out, workers, address, device, seed, threads, progress, quick, offline)
+    opts = _options(out, workers, address, device, seed, threads, progress, quick, offline, metrics)
     started = time.perf_counter()
     base = {"mnist": _mnist(offline), "cifar10": CIFAR, "imagenet": IMAGENET}
     keys = list(INFD_SETTINGS) if settings is None else list(settings)
@@ -666,6 +693,7 @@ def infidelity_table2(
     n: int | None = None, out: str | Path = "bench-out", settings=None, workers: int = 1, address: str | None = None,
     device: str = "cpu", seed: int = 0, threads: int | None = None, quick: bool = False, offline: bool = False,
     progress: bool | None = None, methods: list[str] | None = None,
+    metrics: list[str] | None = None,
 ):
     """Yeh et al. Table 2: Spearman rank correlation between the (global) explanations of the
     model and of the model with its last layer re-initialised, signed and absolute, for Grad,
@@ -673,7 +701,7 @@ def infidelity_table2(
     ImageNet; the default here is the MNIST MLP and the CIFAR-10 CNN (ImageNet optional:
     ``settings=["imagenet"]``).
     """
-    opts = _options(out, workers, address, device, seed, threads, progress, quick, offline)
+    opts = _options(out, workers, address, device, seed, threads, progress, quick, offline, metrics)
     started = time.perf_counter()
     all_s = {"mnist": _mnist(offline), "cifar10": CIFAR, "imagenet": IMAGENET}
     chosen = _select(all_s, settings if settings is not None else ["mnist", "cifar10"])
@@ -702,6 +730,7 @@ def targeted(
     n: int | None = None, out: str | Path = "bench-out", settings=None, workers: int = 1, address: str | None = None,
     device: str = "cpu", seed: int = 0, threads: int | None = None, quick: bool = False, offline: bool = False,
     progress: bool | None = None, method: str | None = None, methods: list[str] | None = None,
+    metrics: list[str] | None = None,
 ):
     """EVA paper Fig. 7 (Sec. 4.3, App. H): for ``n`` MNIST digits (default 4), the EVA map of
     the predicted class and the targeted EVA map towards each of the 9 other classes (IBP+Forward+
@@ -713,7 +742,7 @@ def targeted(
 
     from evax.bench.figures import targeted_figure
 
-    opts = _options(out, workers, address, device, seed, threads, progress, quick, offline)
+    opts = _options(out, workers, address, device, seed, threads, progress, quick, offline, metrics)
     started = time.perf_counter()
     s = _mnist(offline)
     bm = method or ("ibp" if quick else "ibp+forward+backward")
