@@ -278,6 +278,22 @@ def test_identity_explanation_is_bounded_by_the_ball():
     assert (inf_norm <= r + 1e-12).all() and (inf_norm > 0.95 * r).all()
 
 
+def test_sensitivity_accepts_non_contiguous_explanations():
+    """Explainers may return strided tensors (channels-last gradients of converted models)."""
+    model = _conv()
+    x = _inputs((2, 2, 6, 6))
+    grad = _grad(model)
+
+    def channels_last(inputs, target):
+        return grad(inputs, target).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+
+    assert not channels_last(x, torch.tensor([0, 1])).is_contiguous()
+    kw = dict(radius=0.1, n_samples=6, model=model, seed=3)
+    strided = MaxSensitivity(channels_last, **kw)(x, target=torch.tensor([0, 1]))
+    plain = MaxSensitivity(grad, **kw)(x, target=torch.tensor([0, 1]))
+    assert torch.allclose(strided, plain, rtol=1e-12, atol=0)
+
+
 def test_same_draws_as_captum_sensitivity_max():
     model = _conv()
     x = _inputs((3, 2, 6, 6))

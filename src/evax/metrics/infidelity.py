@@ -459,7 +459,7 @@ class MaxSensitivity:
                     f"the explainer returned {tuple(ey.shape)} for {b * k} perturbed inputs, but "
                     f"{tuple(base.shape[1:])} per input for the clean ones"
                 )
-            diff = ey.view(b, k, -1).to(base.dtype) - base[i : i + b].reshape(b, 1, -1)
+            diff = ey.reshape(b, k, -1).to(base.dtype) - base[i : i + b].reshape(b, 1, -1)
             sens = self._norm(diff.reshape(b * k, -1)).view(b, k) / denom[i : i + b].unsqueeze(1)
             m, am = sens.max(dim=1)
             better = m > best[i : i + b]
