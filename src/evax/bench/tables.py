@@ -213,7 +213,7 @@ def _restrict_metrics(cells: list[cells_mod.Cell], keep: list[str] | None) -> No
     if bad:
         raise InvalidInputError(f"unknown metrics {bad}; this table has {sorted(known)}")
     for c in cells:
-        c.only = tuple(m for m in c.config.get("metrics", {}) if m in keep)
+        c.only = tuple(keep)
 
 
 def _complete(c: cells_mod.Cell, rec: dict) -> bool:
@@ -311,8 +311,6 @@ def _finish(
     started: float,
 ):
     """Aggregate, build the DataFrame, write ``OUT/<name>.csv`` and ``OUT/<name>.json``."""
-    if opts.metrics is not None:
-        metrics = [m for m in metrics if m == "seconds" or m in opts.metrics]
     methods = list(dict.fromkeys(c.method for c in cells))
     setting_keys = list(dict.fromkeys(c.setting for c in cells))
     rows, errors = _aggregate(name, cells, records, metrics)
