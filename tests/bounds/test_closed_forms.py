@@ -137,3 +137,36 @@ def test_exact_rejects_smooth_layers_and_other_norms():
         evax.bound(net, evax.Ball(torch.zeros(1, 2), 0.1), "exact")
     with pytest.raises(evax.errors.InvalidInputError, match="p=inf"):
         evax.bound(_two_input_net(0), evax.Ball(torch.zeros(1, 2), 0.1, p=2), "exact")
+
+
+@pytest.mark.parametrize("norm", [math.inf, 2.0])
+def test_first_layer_bounds_are_the_exact_range(norm):
+    """The bounds of the first affine layer equal its exact range over the set: interval
+    arithmetic for boxes (the engine skips CROWN there), the dual norm for l2 balls."""
+    from evax.bounds.api import get_graph
+    from evax.bounds.ops.linear import Linear
+    from evax.bounds.propagate import Propagator
+
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 3)).eval()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand((3, 1, 3, 4), generator=gen)
+    fixed = torch.rand((3, 1, 3, 4), generator=gen) < 0.3
+    domain = (0.0, 1.0) if norm == math.inf else None
+    ball = evax.Ball(x, 0.4, p=norm, fixed=fixed, domain=domain)
+    graph = get_graph(net, ball.shape, torch.device("cpu"), torch.float32)
+    prop = Propagator(graph, ball, frozenset({"backward"}))
+    prop.run(None)
+    first = next(i for i, node in enumerate(graph.nodes) if isinstance(node.op, Linear))
+    lo, hi = prop.best[first]
+    w, b = net[1].weight.detach().double(), net[1].bias.detach().double()
+    if norm == math.inf:
+        box_lo, box_hi = (t.reshape(3, -1).double() for t in ball.interval())
+        centre = (box_lo + box_hi) / 2 @ w.T + b
+        spread = (box_hi - box_lo) / 2 @ w.abs().T
+    else:
+        centre = x.reshape(3, -1).double() @ w.T + b
+        free = (~fixed).reshape(3, 1, -1).double()
+        spread = 0.4 * torch.linalg.vector_norm(w.unsqueeze(0) * free, dim=2)
+    torch.testing.assert_close(lo.double(), centre - spread, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hi.double(), centre + spread, rtol=1e-5, atol=1e-5)

@@ -13,6 +13,8 @@ Backward passes for intermediate nodes skip neurons that are already *stable* (`
 needed: their relaxation is exact whatever the bounds, so the result is identical to running
 CROWN on them, at a fraction of the cost. Stability is judged on a running IBP chain that the engine keeps for this purpose
 even when ``ibp`` is not one of the requested methods (its values then only select neurons).
+On a box, the first affine layer's bounds come from that chain too: interval arithmetic is
+exact for an affine map of a box, so a backward pass would only repeat it.
 """
 
 from __future__ import annotations
@@ -79,7 +81,9 @@ class Propagator:
         self._input_linears = _linears_on_input(graph)
         linear = "forward" in methods or "backward" in methods
         use_local = local_forms and linear and len(graph.input_shape) == 3
-        self._box_radius = inset.box_radius() if use_local else None
+        box_radius = inset.box_radius()  # None unless the set is a box (p = inf)
+        self._is_box = box_radius is not None
+        self._box_radius = box_radius if use_local else None
         self._local = self._box_radius is not None
 
     # ------------------------------------------------------------------------------------------
@@ -169,8 +173,13 @@ class Propagator:
             lo, hi = self._concretize_form(self.forms[i])
             cands.append((lo.view(shape), hi.view(shape)))
         if "backward" in self.methods:
-            ref = intersect(cands) if cands else self.ibp[i]
-            cands.append(self._backward_node(i, ref))
+            if i in self._input_linears and self._is_box:
+                # An affine map of a box: interval arithmetic (the IBP chain, kept whenever
+                # backward runs) is already exact, and CROWN would only repeat it.
+                cands.append(self.ibp[i])
+            else:
+                ref = intersect(cands) if cands else self.ibp[i]
+                cands.append(self._backward_node(i, ref))
         return intersect(cands)
 
     def _backward_node(self, i: int, ref: Interval) -> Interval:
