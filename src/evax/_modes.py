@@ -14,6 +14,9 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode for the block and restore every submodule's previous mode
     afterwards (a model whose parts were in different modes gets them back as they were)."""
     modes = [(m, m.training) for m in model.modules()]
+    if not any(training for _, training in modes):
+        yield model  # already in eval mode: nothing to switch or restore
+        return
     model.eval()
     try:
         yield model

@@ -170,3 +170,17 @@ def test_first_layer_bounds_are_the_exact_range(norm):
         spread = 0.4 * torch.linalg.vector_norm(w.unsqueeze(0) * free, dim=2)
     torch.testing.assert_close(lo.double(), centre - spread, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(hi.double(), centre + spread, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["ibp", "backward", "ibp+forward+backward"])
+def test_broadcast_centre_gives_the_same_bounds(method):
+    """EVA's boxes share one image (a stride-0 ``expand``); the engine computes its products
+    once, which must not change any bound."""
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 4)).eval()
+    image = torch.rand(1, 1, 3, 4)
+    fixed = torch.rand(5, 1, 3, 4) < 0.3
+    shared = evax.bound(net, evax.Ball(image.expand(5, -1, -1, -1), 0.2, fixed=fixed), method)
+    copied = evax.bound(net, evax.Ball(image.expand(5, -1, -1, -1).clone(), 0.2, fixed=fixed), method)
+    torch.testing.assert_close(shared.lower, copied.lower, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(shared.upper, copied.upper, rtol=1e-6, atol=1e-6)

@@ -82,7 +82,7 @@ class Propagator:
         linear = "forward" in methods or "backward" in methods
         use_local = local_forms and linear and len(graph.input_shape) == 3
         box_radius = inset.box_radius()  # None unless the set is a box (p = inf)
-        self._is_box = box_radius is not None
+        self._flat_radius = None if box_radius is None else box_radius.reshape(inset.batch_size, -1)
         self._box_radius = box_radius if use_local else None
         self._local = self._box_radius is not None
 
@@ -104,7 +104,7 @@ class Propagator:
             if op.needs_relaxation and linear_methods:
                 self.relax[i] = op.relax(*self.best[node.inputs[0]])
             if use_ibp_chain:
-                self.ibp[i] = op.interval(*[self.ibp[j] for j in node.inputs])
+                self.ibp[i] = self._interval(i)
             if "forward" in self.methods:
                 self.forms[i] = self._forward_node(i)
             if g.needs_bounds(i):
@@ -113,6 +113,26 @@ class Propagator:
                     self.ibp[i] = self.best[i]
             self._release_forms(i)
         return self._output_bounds(spec)
+
+    def _interval(self, i: int) -> Interval:
+        """IBP bounds of node ``i`` from its inputs' (``(N, *shape)`` each).
+
+        The first affine layer of a box is computed straight from the box's centre and radius
+        (``W c + b +- |W| r``, exact), not through the intervals of the reshapes and input
+        normalisation before it; all boxes of an EVA batch share their centre, whose product
+        is then computed once.
+        """
+        node = self.graph.nodes[i]
+        if i in self._input_linears and self._flat_radius is not None:
+            weight, bias, weight_abs = self._input_linears[i]
+            n = self.inset.batch_size
+            centre = shared_rows_matmul(self.inset.reference().reshape(n, -1), weight.T)
+            if bias is not None:
+                centre = centre + bias
+            spread = self._flat_radius @ weight_abs.T
+            shape = (n, *node.shape)
+            return (centre - spread).view(shape), (centre + spread).view(shape)
+        return node.op.interval(*[self.ibp[j] for j in node.inputs])
 
     def _forward_node(self, i: int):
         """Forward forms of node ``i``: local patches where a local rule applies, else dense."""
@@ -173,7 +193,7 @@ class Propagator:
             lo, hi = self._concretize_form(self.forms[i])
             cands.append((lo.view(shape), hi.view(shape)))
         if "backward" in self.methods:
-            if i in self._input_linears and self._is_box:
+            if i in self._input_linears and self._flat_radius is not None:
                 # An affine map of a box: interval arithmetic (the IBP chain, kept whenever
                 # backward runs) is already exact, and CROWN would only repeat it.
                 cands.append(self.ibp[i])
@@ -239,7 +259,7 @@ class Propagator:
         ref = self.inset.center
         if i in self._input_linears:
             # The node is an affine map of the input: its bounds are concretised directly.
-            weight, bias = self._input_linears[i]
+            weight, bias, _ = self._input_linears[i]
             w = weight[rows]
             lam = torch.cat([w, -w]).unsqueeze(0)
             const = torch.zeros((1, 2 * r), device=w.device, dtype=w.dtype)
@@ -279,7 +299,8 @@ class Propagator:
                     bias = bias + total
                 return self.inset.concretize(lam.flatten(2), bias)
             if j in self._input_linears:
-                return self._concretize_through_linear(*self._input_linears[j], lam, total)
+                weight, bias, _ = self._input_linears[j]
+                return self._concretize_through_linear(weight, bias, lam, total)
             ins, c = node.op.backward(lam, self.relax.get(j))
             if c is not None:
                 total = c if total is None else total + c
@@ -297,7 +318,7 @@ class Propagator:
         """
         n = self.inset.batch_size
         ref = self.inset.reference().reshape(n, -1)
-        centre = ref @ weight.T
+        centre = shared_rows_matmul(ref, weight.T)
         if bias is not None:
             centre = centre + bias
         value = (lam @ centre.unsqueeze(-1))[..., 0] if lam.shape[0] > 1 else centre @ lam[0].T
@@ -372,16 +393,25 @@ class Propagator:
         return lo.expand(n, k), hi.expand(n, k)
 
 
-def _linears_on_input(graph: Graph) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
+def shared_rows_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w`` for ``x`` ``(N, d)``; one row's product when every row is the same memory
+    (a broadcast centre, stride 0), expanded (read-only) to ``N`` rows."""
+    if x.shape[0] > 1 and x.stride(0) == 0:
+        return (x[:1] @ w).expand(x.shape[0], -1)
+    return x @ w
+
+
+def _linears_on_input(graph: Graph) -> dict[int, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
     """Linear nodes fed by the network input through single-use reshapes and elementwise affine
-    maps (input normalisation), with the composed affine map ``(W_eff, b_eff)`` from the input.
+    maps (input normalisation), with the composed affine map ``(W_eff, b_eff, |W_eff|)`` from
+    the input.
 
     Cached on the graph (its ops are fixed once built).
     """
     cached = getattr(graph, "_input_linears", None)
     if cached is not None:
         return cached
-    found: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    found: dict[int, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = {}
     for j, node in enumerate(graph.nodes):
         if not isinstance(node.op, Linear):
             continue
@@ -400,7 +430,7 @@ def _linears_on_input(graph: Graph) -> dict[int, tuple[torch.Tensor, torch.Tenso
                 break
             k = graph.nodes[k].inputs[0]
         if k == 0:
-            found[j] = (weight, bias)
+            found[j] = (weight, bias, weight.abs())
     graph._input_linears = found
     return found
 

@@ -120,6 +120,10 @@ class Reshape(LinearOp):
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], *self.out_shape)
 
+    def interval(self, *ivs):
+        (lo, hi), = ivs
+        return self.apply(lo), self.apply(hi)  # a permutation of the variables: exact, no copy
+
     def transpose(self, lam: torch.Tensor) -> list[torch.Tensor]:
         return [lam.reshape(lam.shape[0], *self.in_shape)]
 
