@@ -18,15 +18,24 @@ import evax
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _dense_crown():
-    sys.path.insert(0, str(BENCHMARKS))  # crown_reference imports its sibling bounds.py
+    # crown_reference imports its sibling ``bounds``: a name tests/bounds also answers to.
+    saved = sys.modules.get("bounds")
+    sys.modules["bounds"] = _load("bounds")
     try:
-        spec = importlib.util.spec_from_file_location("crown_reference", BENCHMARKS / "crown_reference.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        return _load("crown_reference").dense_crown
     finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module.dense_crown
+        if saved is None:
+            del sys.modules["bounds"]
+        else:
+            sys.modules["bounds"] = saved
 
 
 @pytest.mark.parametrize("domain", [None, (0.0, 1.0)])
