@@ -185,6 +185,7 @@ def bound(
                     per_box = estimate_floats_per_box(graph, methods) * itemsize
                     largest = estimate_largest_tensor(graph, methods) * itemsize
                     batch_size = max(1, min(_DEFAULT_MEMORY // per_box, _TEMPORARY_BYTES // largest))
+                    batch_size = -(-n // -(-n // batch_size))  # equal chunks: no small last one
                 los, his = [], []
                 for start in range(0, n, batch_size):
                     sl = slice(start, start + batch_size)

@@ -505,5 +505,20 @@ def estimate_largest_tensor(graph: Graph, methods: frozenset[str]) -> int:
         rows = max(
             (graph.nodes[i].numel for i in range(len(graph.nodes)) if graph.needs_bounds(i)), default=1
         )
-        largest = max(largest, 2 * min(rows, 4096) * widest)
+        # Multipliers stop at the first affine layer on the input (concretised block by block,
+        # see Propagator._concretize_through_linear): the reshapes before it never hold any.
+        fused = _input_chain_nodes(graph)
+        reached = max((n.numel for i, n in enumerate(graph.nodes) if i > 0 and i not in fused), default=1)
+        largest = max(largest, 2 * min(rows, 4096) * reached)
     return largest
+
+
+def _input_chain_nodes(graph: Graph) -> set[int]:
+    """The reshape / input-normalisation nodes between the input and its affine layers."""
+    chain: set[int] = set()
+    for j in _linears_on_input(graph):
+        k = graph.nodes[j].inputs[0]
+        while k != 0:
+            chain.add(k)
+            k = graph.nodes[k].inputs[0]
+    return chain
