@@ -280,8 +280,11 @@ class Ball(PerturbationSet):
         return self._cache["free"]
 
     def _radius(self) -> torch.Tensor:
-        view = (-1,) + (1,) * (self.center.ndim - 1)
-        return self.eps.view(view) * self.free
+        """``eps * free``, ``(N, *S)``: each variable's largest deviation (cached)."""
+        if "r" not in self._cache:
+            view = (-1,) + (1,) * (self.center.ndim - 1)
+            self._cache["r"] = self.eps.view(view) * self.free
+        return self._cache["r"]
 
     def interval(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Interval hull ``(lo, hi)`` of the set, each ``(N, *S)`` (exact for ``p=inf``)."""
@@ -304,6 +307,8 @@ class Ball(PerturbationSet):
     def box_radius(self) -> torch.Tensor | None:
         if self.p != math.inf:
             return None
+        if self.domain is None and self.sign == 0:
+            return self._radius()  # the box centre +- eps * free itself
         lo, hi = self.interval()
         return (hi - lo) / 2
 
