@@ -46,6 +46,56 @@ class ViewNet(nn.Module):
         return self.fc3(h.tanh())
 
 
+class ExportedOps(nn.Module):
+    """What ONNX exports look like once converted: NHWC permute, reshape with a constant shape,
+    MatMul + bias add, F.linear, an in-place ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(3)
+        self.w1 = nn.Parameter(torch.randn(72, 16, generator=gen) * 0.2)
+        self.b1 = nn.Parameter(torch.randn(16, generator=gen) * 0.1)
+        self.w2 = nn.Parameter(torch.randn(5, 16, generator=gen) * 0.3)
+
+    def forward(self, x):
+        h = torch.reshape(x.permute(0, 2, 3, 1), (-1, 72))
+        h = torch.matmul(h, self.w1) + self.b1
+        h = F.relu(h, inplace=True)
+        return F.linear(h, self.w2)
+
+
+class BranchesCatPad(nn.Module):
+    """Two functional conv branches, constant padding, concatenation, mean pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(4)
+        self.k1 = nn.Parameter(torch.randn(3, 2, 3, 3, generator=gen) * 0.3)
+        self.k2 = nn.Parameter(torch.randn(2, 2, 3, 3, generator=gen) * 0.5)
+        self.head = nn.Linear(5 * 2 * 2 + 5, 4)
+
+    def forward(self, x):
+        a = F.conv2d(x, self.k1, padding=1)  # (3, 6, 6)
+        b = F.conv2d(F.pad(x, (1, 1, 1, 1), value=0.5), self.k2)  # (2, 6, 6)
+        h = torch.relu(torch.cat([a, b], dim=1))  # (5, 6, 6)
+        pooled = F.avg_pool2d(h, 3)  # (5, 2, 2)
+        return self.head(torch.cat([pooled.flatten(1), h.mean(dim=(2, 3))], dim=1))
+
+
+class TwoLinearBranches(nn.Module):
+    """Two affine layers straight on the input, summed later (the backward pass must carry
+    both branches' multipliers to the input)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(72, 10), nn.Linear(72, 10)
+        self.head = nn.Linear(10, 4)
+
+    def forward(self, x):
+        h = x.flatten(1)
+        return self.head(torch.add(self.a(h), torch.relu(self.b(h)), alpha=-2.0))
+
+
 def _randomise_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:
     for m in model.modules():
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -125,6 +175,13 @@ def make(name: str, seed: int = 0) -> nn.Module:
         "pool_first": lambda: nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(c * 9, 3)),
         "residual": Residual,
         "functional": ViewNet,
+        "leaky_extremes": lambda: nn.Sequential(
+            nn.Flatten(), nn.Linear(c * 36, 12), nn.LeakyReLU(3.0), nn.Linear(12, 10), nn.LeakyReLU(-0.5),
+            nn.Linear(10, 4),
+        ),
+        "exported_ops": ExportedOps,
+        "branches_cat_pad": BranchesCatPad,
+        "two_linear_branches": TwoLinearBranches,
     }
     model = builders[name]()
     return _randomise_bn(model, gen).eval()
@@ -141,6 +198,10 @@ ALL = [
     "pool_first",
     "residual",
     "functional",
+    "leaky_extremes",
+    "exported_ops",
+    "branches_cat_pad",
+    "two_linear_branches",
 ]
 METHODS = [
     "ibp",

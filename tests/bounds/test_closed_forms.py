@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import evax
@@ -184,3 +185,35 @@ def test_broadcast_centre_gives_the_same_bounds(method):
     copied = evax.bound(net, evax.Ball(image.expand(5, -1, -1, -1).clone(), 0.2, fixed=fixed), method)
     torch.testing.assert_close(shared.lower, copied.lower, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(shared.upper, copied.upper, rtol=1e-6, atol=1e-6)
+
+
+class _PoolNet(nn.Module):
+    """2 inputs -> 8 hidden -> a 2x2 max pool over a (2, 2, 2) map -> 2 outputs."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc, self.head = nn.Linear(2, 8), nn.Linear(2, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.fc(x)).view(x.shape[0], 2, 2, 2)
+        return self.head(torch.flatten(F.max_pool2d(h, 2), 1))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_exact_with_max_pooling_matches_brute_force(seed):
+    net = _PoolNet(seed).eval()
+    x = torch.tensor([[0.2, -0.3]])
+    eps = 0.9
+    b = evax.bound(net, evax.Ball(x, eps), "exact")
+    g = torch.linspace(-eps, eps, 601, dtype=torch.float64)
+    pts = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2) + x.double()
+    with torch.no_grad():
+        out = net.double()(pts)
+    net.float()
+    lip = torch.linalg.matrix_norm(net.fc.weight.double(), 2) * torch.linalg.matrix_norm(net.head.weight.double(), 2)
+    slack = 2 * lip.item() * (2 * eps / 600) + 1e-6
+    assert (b.lower <= out.min(0).values + 1e-6).all() and (b.lower >= out.min(0).values - slack).all()
+    assert (b.upper >= out.max(0).values - 1e-6).all() and (b.upper <= out.max(0).values + slack).all()
+    relaxed = evax.bound(net, evax.Ball(x, eps), "ibp+forward+backward")
+    assert (b.lower >= relaxed.lower - 1e-5).all() and (b.upper <= relaxed.upper + 1e-5).all()

@@ -1,6 +1,7 @@
 """The verified perturbation analysis engine (IBP, forward, backward/CROWN, exact MILP)."""
 
 from evax.bounds.api import Bounds, bound
-from evax.bounds.graph import SUPPORTED, build_graph
+from evax.bounds.graph import build_graph
+from evax.bounds.ops.registry import registered_ops, supported_layers
 
-__all__ = ["SUPPORTED", "Bounds", "bound", "build_graph"]
+__all__ = ["Bounds", "bound", "build_graph", "registered_ops", "supported_layers"]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from evax._modes import eval_mode
-from evax.bounds.graph import Graph, build_graph
+from evax.bounds.graph import Graph, build_graph, check_against_model
 from evax.bounds.propagate import (
     Propagator,
     estimate_floats_per_box,
@@ -48,31 +47,19 @@ class Bounds:
         return (values >= self.lower - atol) & (values <= self.upper + atol)
 
 
-# -- graph cache: tracing costs a few ms, reuse it while the model's tensors are unchanged ----
-_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Graph]] = weakref.WeakKeyDictionary()
-
-
-def _fingerprint(model: nn.Module, shape, device, dtype) -> tuple:
-    tensors = list(model.parameters()) + list(model.buffers())
-    return (
-        tuple(shape),
-        str(device),
-        dtype,
-        tuple((t.data_ptr(), t._version, t.dtype) for t in tensors),
-    )
-
-
 def get_graph(model: nn.Module, input_shape: tuple[int, ...], device, dtype) -> Graph:
-    """The (cached) bound graph of ``model`` for per-sample ``input_shape``."""
-    key = _fingerprint(model, input_shape, device, dtype)
-    hit = _CACHE.get(model)
-    if hit is not None and hit[0] == key:
-        return hit[1]
+    """The bound graph of ``model`` for per-sample ``input_shape``, in ``dtype``.
+
+    The model is traced anew on every call (a few milliseconds, one forward pass of a batch of
+    2 and one of 3): whatever the graph depends on -- submodules, Python attributes read in
+    ``forward``, weights changed through ``.data`` -- a cached graph could silently go stale,
+    and a stale graph is a false proof.
+    """
     example = torch.zeros((2, *input_shape), device=device, dtype=_model_dtype(model))
     graph = build_graph(model, example)
+    check_against_model(model, graph, device, _model_dtype(model))
     if dtype != _model_dtype(model):
         graph.to(dtype=dtype)
-    _CACHE[model] = (key, graph)
     return graph
 
 
@@ -137,7 +124,7 @@ def bound(
 
     Args:
         model: a classifier ``(N, *S) -> (N, n_out)`` that torch.fx can trace, made of the
-            supported layers (see :data:`evax.bounds.graph.SUPPORTED`). It is analysed in eval
+            supported layers (``evax.bounds.supported_layers()``). It is analysed in eval
             mode; its mode is restored afterwards.
         ball: an :class:`evax.Ball` (or :class:`evax.perturbation.Box`) of ``N`` boxes; different
             boxes may fix different variables.

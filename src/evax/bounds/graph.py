@@ -2,9 +2,18 @@
 
 The model is traced symbolically (standard ``torch.nn`` layers are leaves), then run once on an
 example input to learn every node's per-sample shape. Values that do not depend on the input
-(parameters, buffers, arithmetic on them) are folded into the ops as constants. BatchNorm in
-eval mode, Dropout/Identity and arithmetic with constants become elementwise affine ops.
-Anything else raises :class:`~evax.errors.UnsupportedLayerError` naming the module path.
+(parameters, buffers, arithmetic on them) are folded into the ops as constants. Every call that
+depends on the input is converted by the op registered for it
+(:mod:`evax.bounds.ops.registry`), which reads and checks every argument of the call; anything
+else raises :class:`~evax.errors.UnsupportedLayerError` naming the module path.
+
+Three more checks guard against a graph that does not compute what the model computes:
+
+* random ops (``torch.rand*``, ``bernoulli``, dropout in training form...) are rejected wherever
+  they appear, constants included (a folded sample of noise is not the model);
+* an in-place op is accepted only when nothing else reads the tensor it overwrites;
+* the finished graph is evaluated on a fresh batch of a *different* size and must reproduce the
+  model's outputs (this catches ops that mix the batch and any conversion the checks missed).
 """
 
 from __future__ import annotations
@@ -14,20 +23,20 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.fx
-import torch.nn.functional as F
 from torch import nn
 
-from evax.bounds.ops.activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from evax.bounds.ops import load_all
 from evax.bounds.ops.base import Op
-from evax.bounds.ops.linear import Conv2d, ElementwiseAffine, Linear, LinearFunction, Reshape, Sum
-from evax.bounds.ops.pooling import MaxPool2d
+from evax.bounds.ops.registry import Call, bind_call, lookup, supported_layers, supported_summary
 from evax.errors import InvalidInputError, UnsupportedLayerError
 
-SUPPORTED = (
-    "Linear, Conv2d, ReLU, LeakyReLU, Sigmoid, Tanh, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, "
-    "Flatten/view/reshape, BatchNorm1d/2d (eval), Dropout (eval), Identity, residual add, "
-    "arithmetic with constants (input normalisation)"
-)
+load_all()
+
+
+def __getattr__(name: str):  # SUPPORTED is generated from the registry
+    if name == "SUPPORTED":
+        return supported_layers()
+    raise AttributeError(name)
 
 
 @dataclass
@@ -67,27 +76,20 @@ class Graph:
         """Whether some user of node ``index`` needs its bounds for a relaxation."""
         return any(self.nodes[u].op.needs_relaxation for u in self.nodes[index].users)
 
+    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        """The graph's output for concrete inputs ``(B, *S)`` (the ops' ``evaluate``)."""
+        values: list[torch.Tensor | None] = [None] * len(self.nodes)
+        values[0] = x
+        for i, node in enumerate(self.nodes[1 : self.output + 1], start=1):
+            values[i] = node.op.evaluate(*[values[j] for j in node.inputs])
+        return values[self.output]
+
     def to(self, device=None, dtype=None) -> Graph:
         self.__dict__.pop("_input_linears", None)  # derived tensors, rebuilt on demand
         for node in self.nodes:
             if node.op is not None:
                 node.op.to(device, dtype)
         return self
-
-
-_IDENTITY_MODULES = (
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-)
-_RELU_FUNCS = {F.relu, torch.relu, torch.nn.functional.relu}
-_SIGMOID_FUNCS = {torch.sigmoid, F.sigmoid}
-_TANH_FUNCS = {torch.tanh, F.tanh}
-_FLATTEN_FUNCS = {torch.flatten}
-_RESHAPE_METHODS = {"view", "reshape", "flatten", "contiguous", "view_as", "squeeze", "unsqueeze"}
 
 
 class _Recorder(torch.fx.Interpreter):
@@ -103,23 +105,59 @@ class _Recorder(torch.fx.Interpreter):
         return out
 
 
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
+# Random number generation: a model that draws noise is not a function the engine can bound, and
+# a constant drawn once at tracing would be folded as if it were fixed.
+_RANDOM_FUNCTIONS = {
+    "rand", "randn", "randint", "rand_like", "randn_like", "randint_like", "normal", "bernoulli",
+    "multinomial", "poisson", "randperm", "empty", "empty_like", "rrelu", "rrelu_",
+}
+_RANDOM_METHODS = {
+    "bernoulli", "bernoulli_", "normal_", "uniform_", "random_", "exponential_", "geometric_",
+    "cauchy_", "log_normal_", "multinomial",
+}
+_INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
 
 
-def _per_sample_const(value: torch.Tensor, shape: tuple[int, ...], path: str) -> torch.Tensor:
-    """A constant operand as a tensor broadcastable to the per-sample shape."""
-    t = torch.as_tensor(value).detach()
-    while t.ndim > len(shape):
-        if t.shape[0] != 1:
-            raise UnsupportedLayerError(path, "constant", "a constant with a batch dimension > 1")
-        t = t[0]
-    return t.to(torch.get_default_dtype()) if not t.is_floating_point() else t
+def _label(n: torch.fx.Node, module: nn.Module | None) -> str:
+    if module is not None:
+        return type(module).__name__
+    if n.op == "call_method":
+        return f"method .{n.target}()"
+    return f"function {getattr(n.target, '__name__', n.target)}"
 
 
-def _literal(arg, values):
-    """The value of a constant operand: a folded fx node or a Python number."""
-    return values[arg] if isinstance(arg, torch.fx.Node) else arg
+def _check_random(gm: torch.fx.GraphModule, modules: dict[str, nn.Module]) -> None:
+    for n in gm.graph.nodes:
+        name = None
+        if n.op == "call_function":
+            name = getattr(n.target, "__name__", "")
+            random = name in _RANDOM_FUNCTIONS
+        elif n.op == "call_method":
+            name = str(n.target)
+            random = name in _RANDOM_METHODS
+        elif n.op == "call_module":
+            mod = modules[n.target]
+            random = isinstance(mod, nn.modules.dropout._DropoutNd) and mod.training
+        else:
+            continue
+        if random:
+            path = str(n.target) if n.op == "call_module" else n.name
+            raise UnsupportedLayerError(
+                path, _label(n, modules.get(n.target) if n.op == "call_module" else None),
+                "random ops make the model stochastic: bounds would hold for one draw of the noise only",
+            )
+
+
+def _is_inplace(n: torch.fx.Node, module: nn.Module | None, bound: dict) -> bool:
+    if module is not None:
+        return bool(getattr(module, "inplace", False))
+    if bound.get("inplace") is True:
+        return True
+    if n.op == "call_method":
+        t = str(n.target)
+        return t.endswith("_") and not t.startswith("__")
+    name = getattr(n.target, "__name__", "")
+    return n.target in _INPLACE_OPERATORS or (name.endswith("_") and not name.startswith("__"))
 
 
 def build_graph(model: nn.Module, example: torch.Tensor) -> Graph:
@@ -136,8 +174,10 @@ def build_graph(model: nn.Module, example: torch.Tensor) -> Graph:
         raise UnsupportedLayerError(
             "<model>",
             type(model).__name__,
-            f"torch.fx cannot trace it ({exc}); supported: {SUPPORTED}",
+            f"torch.fx cannot trace it ({exc}); supported: {supported_summary()}",
         ) from exc
+    modules = dict(gm.named_modules())
+    _check_random(gm, modules)
     rec = _Recorder(gm)
     try:
         with torch.no_grad():
@@ -146,29 +186,27 @@ def build_graph(model: nn.Module, example: torch.Tensor) -> Graph:
         raise InvalidInputError(
             f"the model does not accept inputs of per-sample shape {tuple(example.shape[1:])}: {exc}"
         ) from exc
-    modules = dict(gm.named_modules())
 
     nodes: list[Node] = []
     index: dict[torch.fx.Node, int] = {}  # fx node -> our node index (input-dependent only)
+    alias_of: dict[torch.fx.Node, torch.fx.Node] = {}  # view-like nodes -> the node they view
     output = None
 
-    def shape_of(n: torch.fx.Node) -> tuple[int, ...]:
-        return tuple(rec.values[n].shape[1:])
+    def dependent(arg) -> int | None:
+        return index.get(arg) if isinstance(arg, torch.fx.Node) else None
 
-    def add(name: str, op: Op, ins: list[int], n: torch.fx.Node) -> None:
-        value = rec.values[n]
-        if not isinstance(value, torch.Tensor) or value.shape[:1] != example.shape[:1]:
-            raise UnsupportedLayerError(name, type(op).__name__, "an op that changes the batch dimension")
-        op.path = name
-        index[n] = len(nodes)
-        nodes.append(Node(name, op, ins, shape_of(n)))
+    def shape_of(arg) -> tuple[int, ...]:
+        return tuple(rec.values[arg].shape[1:])
+
+    def value_of(arg):
+        return torch.fx.node.map_aggregate(arg, lambda a: rec.values[a] if isinstance(a, torch.fx.Node) else a)
 
     for n in gm.graph.nodes:
         if n.op == "placeholder":
             if nodes:
                 raise UnsupportedLayerError(n.name, "placeholder", "models with several inputs")
             index[n] = 0
-            nodes.append(Node("input", None, [], shape_of(n)))
+            nodes.append(Node("input", None, [], tuple(rec.values[n].shape[1:])))
             continue
         if n.op == "output":
             arg = n.args[0]
@@ -178,19 +216,52 @@ def build_graph(model: nn.Module, example: torch.Tensor) -> Graph:
             continue
         if n.op == "get_attr":
             continue
-        dep = [a for a in n.all_input_nodes if a in index]
-        if not dep:
+        if not any(a in index for a in n.all_input_nodes):
             continue  # a constant: evaluated by the recorder, folded into its users
-        if not isinstance(rec.values[n], torch.Tensor):
+        value = rec.values[n]
+        if not isinstance(value, torch.Tensor):
             continue  # shape metadata such as x.size(0): depends on the shape, not the values
-        _convert(n, dep, index, nodes, modules, rec, add, shape_of)
+        module = modules[n.target] if n.op == "call_module" else None
+        path = str(n.target) if module is not None else n.name
+        label = _label(n, module)
+        if value.shape[:1] != example.shape[:1]:
+            raise UnsupportedLayerError(path, label, "an op that changes the batch dimension")
+        entry = lookup(n.op, module if module is not None else n.target)
+        if entry is None:
+            raise UnsupportedLayerError(path, label, f"supported: {supported_summary()}")
+        bound = bind_call(entry, module, n.args, n.kwargs, path, label)
+        call = Call(path, label, entry.handle, module, bound, dependent, shape_of, value_of,
+                    tuple(value.shape[1:]))
+        op = entry.op.convert(call)
+        call.finish()
+        if op is None or op.alias:
+            alias_of[n] = _first_dependent(n, index)
+        if _is_inplace(n, module, bound):
+            _check_inplace(n, call, alias_of, path, label)
+        if op is None:  # the identity: an alias of its input
+            if len(call.inputs) != 1 or shape_of(n) != nodes[call.inputs[0]].shape:
+                raise UnsupportedLayerError(path, label, "an identity op whose output differs from its input")
+            index[n] = call.inputs[0]
+            continue
+        if len(call.inputs) != op.n_inputs:
+            raise UnsupportedLayerError(path, label, f"expected {op.n_inputs} input-dependent argument(s)")
+        inputs = list(call.inputs)
+        if len(inputs) == 1 and inputs[0] != 0:
+            simpler = op.compose(nodes[inputs[0]].op)
+            if simpler is not None:
+                inputs = list(nodes[inputs[0]].inputs)
+                if simpler == "identity":
+                    index[n] = inputs[0]
+                    continue
+                op = simpler
+        op.path = path
+        index[n] = len(nodes)
+        nodes.append(Node(path, op, inputs, tuple(value.shape[1:])))
 
     if output is None:
         raise UnsupportedLayerError("output", "output", "the model output does not depend on the input")
-    graph = Graph(nodes, output)
-    for i, node in enumerate(nodes):
-        for j in node.inputs:
-            nodes[j].users.append(i)
+    graph = _prune(nodes, output)
+    nodes, output = graph.nodes, graph.output
     if len(graph.nodes[output].shape) != 1:
         raise UnsupportedLayerError(
             "output",
@@ -200,167 +271,78 @@ def build_graph(model: nn.Module, example: torch.Tensor) -> Graph:
     return graph
 
 
-def _convert(n, dep, index, nodes, modules, rec, add, shape_of) -> None:  # noqa: C901 - a dispatch table
-    values = rec.values
-    x = dep[0]
-    if n.op == "call_module":
-        mod = modules[n.target]
-        path = str(n.target)
-        if isinstance(mod, _IDENTITY_MODULES):
-            index[n] = index[x]
-            return
-        if isinstance(mod, nn.Linear):
-            if len(shape_of(x)) != 1:
-                raise UnsupportedLayerError(
-                    path, "Linear", "Linear on inputs with more than one feature dimension"
-                )
-            add(path, Linear(mod.weight, mod.bias), [index[x]], n)
-        elif isinstance(mod, nn.Conv2d):
-            if mod.padding_mode != "zeros":
-                raise UnsupportedLayerError(
-                    path, "Conv2d", f"padding_mode={mod.padding_mode!r} (only 'zeros')"
-                )
-            padding = mod.padding
-            if isinstance(padding, str):
-                if padding == "valid":
-                    padding = (0, 0)
-                else:
-                    k = _pair(mod.kernel_size)
-                    d = _pair(mod.dilation)
-                    total = [di * (ki - 1) for di, ki in zip(d, k, strict=True)]
-                    if any(t % 2 for t in total):
-                        raise UnsupportedLayerError(path, "Conv2d", "padding='same' with asymmetric padding")
-                    padding = tuple(t // 2 for t in total)
-            op = Conv2d(
-                mod.weight,
-                mod.bias,
-                _pair(mod.stride),
-                _pair(padding),
-                _pair(mod.dilation),
-                mod.groups,
-                shape_of(x),
-            )
-            add(path, op, [index[x]], n)
-        elif isinstance(mod, nn.ReLU):
-            add(path, ReLU(), [index[x]], n)
-        elif isinstance(mod, nn.LeakyReLU):
-            if not 0 <= mod.negative_slope <= 1:
-                raise UnsupportedLayerError(path, "LeakyReLU", "negative_slope outside [0, 1]")
-            add(path, LeakyReLU(mod.negative_slope), [index[x]], n)
-        elif isinstance(mod, nn.Sigmoid):
-            add(path, Sigmoid(), [index[x]], n)
-        elif isinstance(mod, nn.Tanh):
-            add(path, Tanh(), [index[x]], n)
-        elif isinstance(mod, nn.Flatten):
-            add(path, Reshape(shape_of(x), shape_of(n)), [index[x]], n)
-        elif isinstance(mod, nn.MaxPool2d):
-            if mod.ceil_mode or mod.return_indices:
-                raise UnsupportedLayerError(path, "MaxPool2d", "ceil_mode=True or return_indices=True")
-            op = MaxPool2d(
-                _pair(mod.kernel_size),
-                _pair(mod.stride or mod.kernel_size),
-                _pair(mod.padding),
-                _pair(mod.dilation),
-                shape_of(x),
-                shape_of(n),
-            )
-            add(path, op, [index[x]], n)
-        elif isinstance(mod, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)):
-            add(path, LinearFunction(mod, shape_of(x), type(mod).__name__.lower()), [index[x]], n)
-        elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            if mod.running_mean is None:
-                raise UnsupportedLayerError(path, type(mod).__name__, "BatchNorm without running statistics")
-            scale = (mod.weight if mod.affine else 1.0) / torch.sqrt(mod.running_var + mod.eps)
-            shift = (mod.bias if mod.affine else 0.0) - mod.running_mean * scale
-            extra = len(shape_of(x)) - 1  # channel first, then spatial dims
-            view = (-1,) + (1,) * extra
-            add(
-                path,
-                ElementwiseAffine(scale.detach().reshape(view), shift.detach().reshape(view)),
-                [index[x]],
-                n,
-            )
-        else:
-            raise UnsupportedLayerError(path, type(mod).__name__, f"supported layers: {SUPPORTED}")
-        return
+def _prune(nodes: list[Node], output: int) -> Graph:
+    """The graph of the nodes the output depends on (dead branches, e.g. permutations that
+    composed away, are dropped), reindexed, with their users."""
+    keep = {output}
+    for i in range(output, 0, -1):
+        if i in keep:
+            keep.update(nodes[i].inputs)
+    keep.add(0)
+    order = sorted(keep)
+    new_index = {old: new for new, old in enumerate(order)}
+    kept = []
+    for old in order:
+        node = nodes[old]
+        kept.append(Node(node.name, node.op, [new_index[j] for j in node.inputs], node.shape))
+    for i, node in enumerate(kept):
+        for j in node.inputs:
+            kept[j].users.append(i)
+    return Graph(kept, new_index[output])
 
-    name = n.name
-    target = n.target
-    if n.op == "call_function":
-        if target in _RELU_FUNCS:
-            add(name, ReLU(), [index[x]], n)
-        elif target is F.leaky_relu:
-            slope = n.kwargs.get("negative_slope", n.args[1] if len(n.args) > 1 else 0.01)
-            add(name, LeakyReLU(slope), [index[x]], n)
-        elif target in _SIGMOID_FUNCS:
-            add(name, Sigmoid(), [index[x]], n)
-        elif target in _TANH_FUNCS:
-            add(name, Tanh(), [index[x]], n)
-        elif target in _FLATTEN_FUNCS:
-            add(name, Reshape(shape_of(x), shape_of(n)), [index[x]], n)
-        elif target in (operator.add, torch.add, operator.sub, torch.sub):
-            sign = -1.0 if target in (operator.sub, torch.sub) else 1.0
-            a, b = n.args[0], n.args[1]
-            a_dep = isinstance(a, torch.fx.Node) and a in index
-            b_dep = isinstance(b, torch.fx.Node) and b in index
-            if a_dep and b_dep:
-                if shape_of(a) != shape_of(b):
-                    raise UnsupportedLayerError(
-                        name, "add", "adding tensors of different shapes (broadcasting)"
-                    )
-                add(name, Sum((1.0, sign)), [index[a], index[b]], n)
-            else:
-                const = _literal(b if a_dep else a, values)
-                const = _per_sample_const(const, shape_of(n), name)
-                if shape_of(n) != shape_of(x):
-                    raise UnsupportedLayerError(
-                        name, "add", "a constant that broadcasts the input to a new shape"
-                    )
-                if a_dep:
-                    add(name, ElementwiseAffine(1.0, sign * const), [index[a]], n)
-                else:
-                    add(name, ElementwiseAffine(sign, const), [index[b]], n)
-        elif target in (operator.mul, torch.mul, operator.truediv, torch.div):
-            a, b = n.args[0], n.args[1]
-            a_dep = isinstance(a, torch.fx.Node) and a in index
-            b_dep = isinstance(b, torch.fx.Node) and b in index
-            divide = target in (operator.truediv, torch.div)
-            if (a_dep and b_dep) or (divide and b_dep):
-                raise UnsupportedLayerError(
-                    name,
-                    str(getattr(target, "__name__", target)),
-                    "products/quotients of two input-dependent tensors",
-                )
-            const = _literal(b if a_dep else a, values)
-            const = _per_sample_const(const, shape_of(n), name)
-            if shape_of(n) != shape_of(x):
-                raise UnsupportedLayerError(
-                    name, "mul", "a constant that broadcasts the input to a new shape"
-                )
-            scale = 1.0 / const if divide else const
-            add(name, ElementwiseAffine(scale, None), [index[x]], n)
-        elif target is operator.neg or target is torch.neg:
-            add(name, ElementwiseAffine(-1.0, None), [index[x]], n)
-        elif target in (F.dropout, F.dropout2d):
-            index[n] = index[x]
-        else:
+
+def _first_dependent(n: torch.fx.Node, index: dict) -> torch.fx.Node:
+    return next(a for a in n.all_input_nodes if a in index)
+
+
+def _check_inplace(n: torch.fx.Node, call: Call, alias_of: dict, path: str, label: str) -> None:
+    """An in-place op overwrites its input (and every tensor that input is a view of): accept it
+    only when nothing else reads them, or the graph would use the values from before the write."""
+    target = n.args[0] if n.args else None
+    if not isinstance(target, torch.fx.Node) or call.dependent(target) is None:
+        raise UnsupportedLayerError(path, label, "an in-place op that overwrites a constant of the model")
+    alias_of[n] = target  # its output is the overwritten tensor
+    while True:
+        if len(target.users) != 1:
             raise UnsupportedLayerError(
-                name, f"function {getattr(target, '__name__', target)}", f"supported: {SUPPORTED}"
+                path, label,
+                f"an in-place op on {target.name!r}, which is also read elsewhere (use the "
+                "out-of-place form)",
             )
-        return
-    if n.op == "call_method":
-        if target in _RESHAPE_METHODS:
-            if target == "contiguous":
-                index[n] = index[x]
-            else:
-                add(name, Reshape(shape_of(x), shape_of(n)), [index[x]], n)
-        elif target in {"relu", "relu_"}:
-            add(name, ReLU(), [index[x]], n)
-        elif target == "sigmoid":
-            add(name, Sigmoid(), [index[x]], n)
-        elif target == "tanh":
-            add(name, Tanh(), [index[x]], n)
-        else:
-            raise UnsupportedLayerError(name, f"method .{target}()", f"supported: {SUPPORTED}")
-        return
-    raise UnsupportedLayerError(name, n.op, f"supported: {SUPPORTED}")
+        if target not in alias_of:
+            return
+        target = alias_of[target]
+
+
+def check_against_model(model: nn.Module, graph: Graph, device, dtype) -> None:
+    """Evaluate ``graph`` and ``model`` on a fresh batch of 3 and raise when they disagree.
+
+    The graph was traced on a batch of 2; a model whose output for a batch of another size
+    differs from the graph's (ops that mix samples, hard-coded batch sizes, anything a
+    converter got wrong) cannot be bounded soundly.
+    """
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand((3, *graph.input_shape), generator=gen, dtype=torch.float64) * 2 - 0.5
+    x = x.to(device=device, dtype=dtype)
+    try:
+        with torch.no_grad():
+            expected = model(x)
+    except Exception as exc:  # noqa: BLE001 - any failure at another batch size
+        raise UnsupportedLayerError(
+            "<model>", type(model).__name__, f"the model fails on a batch of 3 ({exc}): its ops depend on the batch size"
+        ) from exc
+    with torch.no_grad():
+        got = graph.evaluate(x)
+    if not isinstance(expected, torch.Tensor) or expected.shape != got.shape:
+        raise UnsupportedLayerError(
+            "<model>", type(model).__name__,
+            "the traced graph does not reproduce the model's output shape on a batch of 3",
+        )
+    scale = 1 + float(expected.abs().max()) if expected.numel() else 1.0
+    err = float((expected - got).abs().max()) if expected.numel() else 0.0
+    if not err <= 1e-3 * scale:  # also catches NaN
+        raise UnsupportedLayerError(
+            "<model>", type(model).__name__,
+            f"the traced graph does not reproduce the model's outputs (max difference {err:.3g} on a "
+            "batch of 3): some op depends on the batch or on state the tracer cannot see",
+        )

@@ -14,28 +14,26 @@ Only box-shaped input sets (``p = inf`` balls, boxes) are concretised here.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
-from evax.bounds.graph import Graph
 from evax.bounds.local_forms import axis_valid
-from evax.bounds.ops.base import ElementwiseOp
-from evax.bounds.ops.linear import Conv2d, ElementwiseAffine
+
+if TYPE_CHECKING:  # pragma: no cover
+    from evax.bounds.graph import Graph
 
 
 def stem_chain(graph: Graph, i: int) -> list[int] | None:
-    """Nodes from ``i`` down to the input (exclusive) when each has a local backward rule:
-    a single input, a ``(C, H, W)`` shape and a stride-1 convolution, elementwise affine map or
-    elementwise nonlinearity. ``None`` otherwise."""
+    """Nodes from ``i`` down to the input (exclusive) when each has a local backward rule
+    (``op.local_backward_ok``: stride-1 convolutions, elementwise affine maps and elementwise
+    nonlinearities), a single input and a ``(C, H, W)`` shape. ``None`` otherwise."""
     chain = []
     j = i
     while j != 0:
         node = graph.nodes[j]
-        op = node.op
-        local = (isinstance(op, Conv2d) and op.stride == (1, 1)) or isinstance(
-            op, (ElementwiseAffine, ElementwiseOp)
-        )
-        if not local or len(node.inputs) != 1 or len(node.shape) != 3:
+        if not node.op.local_backward_ok or len(node.inputs) != 1 or len(node.shape) != 3:
             return None
         chain.append(j)
         j = node.inputs[0]
@@ -43,13 +41,11 @@ def stem_chain(graph: Graph, i: int) -> list[int] | None:
 
 
 def stem_window(graph: Graph, chain: list[int]) -> tuple[int, int]:
-    """Size of a row's window at the input: the receptive field of the chain's convolutions."""
+    """Size of a row's window at the input: the receptive field of the chain's ops."""
     rh, rw = 1, 1
     for j in chain:
-        op = graph.nodes[j].op
-        if isinstance(op, Conv2d):
-            rh += op.dilation[0] * (op.weight.shape[-2] - 1)
-            rw += op.dilation[1] * (op.weight.shape[-1] - 1)
+        gh, gw = graph.nodes[j].op.local_growth()
+        rh, rw = rh + gh, rw + gw
     return rh, rw
 
 
@@ -114,46 +110,23 @@ def local_lower_bounds(
     offset = (0, 0)
     const = torch.zeros((1, p, 2 * c), device=device, dtype=dtype)
     for j in chain:
-        op = graph.nodes[j].op
-        window = (lam.shape[-2], lam.shape[-1])
-        if isinstance(op, Conv2d):
-            if op.bias is not None:
-                const = const + lam.sum(dim=(-2, -1)) @ op.bias.view(-1)
-            lead = lam.shape[:3]
-            lam = F.conv_transpose2d(
-                lam.reshape(-1, *lam.shape[3:]), op.weight, None, 1, 0, 0, op.groups, op.dilation
-            )
-            lam = lam.view(*lead, *lam.shape[1:])
-            offset = (offset[0] - op.padding[0], offset[1] - op.padding[1])
-            in_hw = graph.nodes[graph.nodes[j].inputs[0]].shape[1:]
-            lam.mul_(windows.valid(offset, lam.shape[-2:], in_hw))
-        elif isinstance(op, ElementwiseAffine):
-            shape = graph.nodes[j].shape
-            if op.bias is not None:
-                shift = windows.gather(_node_map(op.bias, shape), offset, window)
-                const = const + _dot(lam, shift)
-            lam = lam * windows.gather(_node_map(op.scale, shape), offset, window)
-        else:  # an elementwise nonlinearity, relaxed: lam a_l + min(lam, 0) (a_u - a_l)
-            a_l, b_l, a_u, b_u = relax[j]
-            neg = lam.clamp_max(0)
-            const = const + _dot(neg, windows.gather(b_u - b_l, offset, window))
-            if bool((b_l != 0).any()):
-                const = const + _dot(lam, windows.gather(b_l, offset, window))
-            lam = (lam * windows.gather(a_l, offset, window)).addcmul_(
-                neg, windows.gather(a_u - a_l, offset, window)
-            )
+        node = graph.nodes[j]
+        in_shape = graph.nodes[node.inputs[0]].shape
+        lam, const, offset = node.op.local_backward(
+            lam, const, offset, windows, relax.get(j), node.shape, in_shape
+        )
     window = (lam.shape[-2], lam.shape[-1])
     q, x = windows.gather(rad, offset, window), windows.gather(ref, offset, window)
-    lower = _dot(lam, x) - _dot(lam.abs(), q) + const  # (N, P, 2C)
+    lower = window_dot(lam, x) - window_dot(lam.abs(), q) + const  # (N, P, 2C)
     return lower[:, :, :c].transpose(1, 2), -lower[:, :, c:].transpose(1, 2)
 
 
-def _dot(lam: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
+def window_dot(lam: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
     """``sum over (C, Rh, Rw)`` of ``lam * win``: ``(B, P, K, ...) x (B', P, 1, ...) -> (B*, P, K)``,
     as a batched matrix-vector product (no temporary of ``lam``'s size)."""
     return torch.matmul(lam.flatten(3), win.flatten(3).transpose(-1, -2)).squeeze(-1)
 
 
-def _node_map(t: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+def node_map(t: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     """An elementwise constant (broadcastable to the node) as a ``(1, C, H, W)`` map."""
     return torch.broadcast_to(t, (1, *shape)).contiguous()

@@ -23,9 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from evax.bounds.ops.base import ElementwiseOp, Form, LinearOp, signed_combine
-from evax.bounds.ops.linear import Conv2d, ElementwiseAffine
-from evax.bounds.ops.pooling import MaxPool2d
+from evax.bounds.ops.base import Form
 
 
 @dataclass
@@ -148,28 +146,14 @@ def concretize_local(
 
 # ----------------------------------------------------------------------------------------------
 def local_forward(op, form: LocalForm, relaxation, out_shape: tuple[int, ...]) -> LocalForm | Form | None:
-    """The op's forward rule on local forms, or ``None`` when it has no local rule here.
-
-    Max pooling reads its inputs straight from the patches and returns a dense :class:`Form`
-    (its stride breaks the window geometry), which is much cheaper than densifying first.
-    """
+    """The op's forward rule on local forms (:meth:`Op.local_forward`), or ``None`` when it has
+    no local rule here (the caller then densifies the form)."""
     if len(out_shape) != 3:
         return None
-    if isinstance(op, MaxPool2d) and relaxation is not None:
-        return _maxpool_forward(op, form, relaxation)
-    if isinstance(op, Conv2d):
-        return _conv_forward(op, form, tuple(out_shape))
-    if isinstance(op, ElementwiseAffine):
-        scale, scale_abs = _scale_patches(op.scale, form), _scale_patches(op.scale_abs, form)
-        return _linear_local(
-            op, form, lambda x: x * scale, lambda x: x * scale_abs, form.offset, form.window, tuple(out_shape)
-        )
-    if isinstance(op, ElementwiseOp) and relaxation is not None:
-        return _elementwise_forward(form, relaxation)
-    return None
+    return op.local_forward(form, relaxation, tuple(out_shape))
 
 
-def _scale_patches(scale: torch.Tensor, form: LocalForm) -> torch.Tensor:
+def scale_patches(scale: torch.Tensor, form: LocalForm) -> torch.Tensor:
     """An elementwise scale (broadcastable to the node) broadcast to the patches of ``form``."""
     if scale.numel() == 1:
         return scale.reshape(())
@@ -180,34 +164,12 @@ def _scale_patches(scale: torch.Tensor, form: LocalForm) -> torch.Tensor:
     return to_patches(full.contiguous(), form)
 
 
-def _conv_forward(op: Conv2d, form: LocalForm, out_shape: tuple[int, int, int]) -> LocalForm | None:
-    if op.stride != (1, 1):
-        return None
-    (kh, kw), (dh, dw) = op.weight.shape[-2:], op.dilation
-    grow = (dh * (kh - 1), dw * (kw - 1))
-    window = (form.window[0] + grow[0], form.window[1] + grow[1])
-    if window[0] >= out_shape[1] or window[1] >= out_shape[2]:
-        return None  # the window would cover the layer: the dense form is no larger
-    offset = (form.offset[0] + op.padding[0] - grow[0], form.offset[1] + op.padding[1] - grow[1])
+def linear_local(op, form: LocalForm, apply, apply_abs, offset, window, out_shape) -> LocalForm:
+    """A linear op ``L`` applied to local forms (``apply``/``apply_abs`` act on patches
+    ``(B, C0, H0, W0, C, Rh, Rw)``) and to the offsets (``op.evaluate``/``op.apply_abs``).
 
-    def conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:4]
-        y = F.conv2d(x.reshape(-1, *x.shape[4:]), weight, None, 1, grow, op.dilation, op.groups)
-        return y.view(*lead, *y.shape[1:])
-
-    return _linear_local(
-        op,
-        form,
-        lambda x: conv(x, op.weight),
-        lambda x: conv(x, op.weight_abs),
-        offset,
-        window,
-        out_shape,
-    )
-
-
-def _linear_local(op: LinearOp, form: LocalForm, apply, apply_abs, offset, window, out_shape) -> LocalForm:
-    """``L`` applied to local forms (``apply``/``apply_abs`` act on patches) and to offsets."""
+    ``offset``/``window`` are the output's patch geometry; entries that fall outside the layer
+    are zeroed when the window grew."""
     valid = None
     if window != form.window:
         valid = _validity(form.input_hw, window, offset, out_shape[1:], form.al.device)
@@ -224,47 +186,3 @@ def _linear_local(op: LinearOp, form: LocalForm, apply, apply_abs, offset, windo
     mid_b = op.evaluate((form.bl + form.bu) / 2)
     rad_b = op.apply_abs((form.bu - form.bl) / 2)
     return LocalForm(mid_a - rad_a, mid_b - rad_b, mid_a + rad_a, mid_b + rad_b, offset, out_shape)
-
-
-def _elementwise_forward(form: LocalForm, relaxation) -> LocalForm:
-    a_l, b_l, a_u, b_u = relaxation
-    al = signed_combine(to_patches(a_l, form), form.al, form.au)
-    au = signed_combine(to_patches(a_u, form), form.au, form.al)
-    bl = signed_combine(a_l, form.bl, form.bu) + b_l
-    bu = signed_combine(a_u, form.bu, form.bl) + b_u
-    return LocalForm(al, bl, au, bu, form.offset, form.shape)
-
-
-def _maxpool_forward(op: MaxPool2d, form: LocalForm, relaxation) -> Form:
-    """:meth:`MaxPool2d.forward` with the picked inputs gathered from the patches.
-
-    Output neuron ``o`` picks input neuron ``(c, h, w)`` (``relaxation[0]``); its coefficient for
-    input pixel ``(a, b)`` is patch entry ``(c, h - a - offset_h, w - b - offset_w)`` when that
-    lies in the window, else 0.
-    """
-    index, dominant, u_max = relaxation
-    n = index.shape[0]
-    c, h, w = form.shape
-    (h0, w0), (rh, rw) = form.input_hw, form.window
-    flat = index.reshape(n, 1, 1, -1)  # (N, 1, 1, M), M = C * Ho * Wo
-    chan, row, col = flat // (h * w), (flat % (h * w)) // w, flat % w
-    # Rows depend on (a, output) only, columns on (b, output): build them apart, then broadcast.
-    i = row - torch.arange(h0, device=flat.device).view(1, h0, 1, 1) - form.offset[0]  # (N, H0, 1, M)
-    j = col - torch.arange(w0, device=flat.device).view(1, 1, w0, 1) - form.offset[1]  # (N, 1, W0, M)
-    dtype = form.al.dtype
-    keep = (((i >= 0) & (i < rh)).to(dtype) * ((j >= 0) & (j < rw)).to(dtype)).unsqueeze(1)
-    pos = (chan * rh + i.clamp(0, rh - 1)) * rw + j.clamp(0, rw - 1)  # (N, H0, W0, M)
-    c0 = form.al.shape[1]
-    pos = pos.unsqueeze(1).expand(n, c0, h0, w0, flat.shape[-1])
-
-    def pick(p: torch.Tensor) -> torch.Tensor:  # -> (N, d, *S_out)
-        patches = p.expand(n, *p.shape[1:]).reshape(n, c0, h0, w0, -1)
-        return (patches.gather(4, pos) * keep).view(n, c0 * h0 * w0, *index.shape[1:])
-
-    def pick_b(b: torch.Tensor) -> torch.Tensor:
-        return b.expand(n, *b.shape[1:]).reshape(n, -1).gather(1, index.view(n, -1)).view(index.shape)
-
-    al = pick(form.al)
-    au = pick(form.au) * dominant.unsqueeze(1)
-    bu = torch.where(dominant, pick_b(form.bu), u_max)
-    return Form(al, pick_b(form.bl), au, bu)

@@ -28,9 +28,7 @@ import torch
 from evax.bounds.graph import Graph
 from evax.bounds.local_backward import local_lower_bounds, stem_chain, stem_window
 from evax.bounds.local_forms import LocalForm, concretize_local, densify, input_local_form, local_forward
-from evax.bounds.ops.activation import LeakyReLU, ReLU
 from evax.bounds.ops.base import Form, Interval
-from evax.bounds.ops.linear import ElementwiseAffine, Linear, Reshape
 from evax.perturbation import PerturbationSet
 
 BASE_METHODS = ("ibp", "forward", "backward")
@@ -62,6 +60,9 @@ class Propagator:
         row_budget: how many floats a backward pass may hold at once (neuron chunking).
         local_forms: keep forward forms as patches through the convolutional stem when the
             input set is a box (:mod:`evax.bounds.local_forms`; same bounds, far less work).
+        skip_stable: let CROWN skip the rows of neurons that are stable for every box when
+            they only feed activations with their kink at 0 (same bounds, less work; False
+            recomputes every row, for tests).
     """
 
     def __init__(
@@ -71,7 +72,9 @@ class Propagator:
         methods: frozenset[str],
         row_budget: int = 2**27,
         local_forms: bool = True,
+        skip_stable: bool = True,
     ) -> None:
+        self.skip_stable = skip_stable
         self.graph = graph
         self.inset = inset
         self.methods = methods
@@ -212,8 +215,8 @@ class Propagator:
         ref_lo, ref_hi = ref[0].reshape(n, -1), ref[1].reshape(n, -1)
         # Stable neurons can be skipped when the bounds only feed ReLU relaxations (exact for
         # them whatever the bounds) -- not when a user's own bounds are read off these ones.
-        kinks_only = all(
-            isinstance(g.nodes[u].op, (ReLU, LeakyReLU)) and not g.needs_bounds(u) for u in node.users
+        kinks_only = self.skip_stable and all(
+            g.nodes[u].op.kink_at_zero and not g.needs_bounds(u) for u in node.users
         )
         if kinks_only:
             rows = ((ref_lo < 0) & (ref_hi > 0)).any(dim=0).nonzero()[:, 0]
@@ -268,13 +271,14 @@ class Propagator:
             if bias is not None:
                 const = torch.cat([bias[rows], -bias[rows]]).unsqueeze(0)
             lower = self.inset.concretize(lam, const.expand(self.inset.batch_size, -1))
-        elif isinstance(node.op, Linear):
+        elif node.op.as_matrix() is not None:
             # Start one op down: the rows of W are the multipliers of the linear layer's input.
-            w = node.op.weight[rows]
+            weight, bias = node.op.as_matrix()
+            w = weight[rows]
             lam = torch.cat([w, -w]).unsqueeze(0)
             const = None
-            if node.op.bias is not None:
-                b = node.op.bias[rows]
+            if bias is not None:
+                b = bias[rows]
                 const = torch.cat([b, -b]).unsqueeze(0)
             lower = self._pull_back({node.inputs[0]: lam}, const)
         else:
@@ -302,7 +306,16 @@ class Propagator:
                 return self.inset.concretize(lam.flatten(2), bias)
             if j in self._input_linears:
                 weight, bias, _ = self._input_linears[j]
-                return self._concretize_through_linear(weight, bias, lam, total)
+                if not lams:  # the only path left: fused GEMM + concretisation
+                    return self._concretize_through_linear(weight, bias, lam, total)
+                # Other branches still carry multipliers (e.g. two affine layers on the input
+                # summed later): fold this one into the input's multipliers and go on.
+                lam_in = (lam @ weight).view(*lam.shape[:2], *g.input_shape)
+                lams[0] = lam_in if 0 not in lams else lams[0] + lam_in
+                if bias is not None:
+                    c = lam @ bias
+                    total = c if total is None else total + c
+                continue
             ins, c = node.op.backward(lam, self.relax.get(j))
             if c is not None:
                 total = c if total is None else total + c
@@ -353,13 +366,14 @@ class Propagator:
         g = self.graph
         out = g.output
         node = g.nodes[out]
-        if isinstance(node.op, Linear) and node.inputs[0] in self.ibp and out not in self.best:
+        matrix = node.op.as_matrix()
+        if matrix is not None and node.inputs[0] in self.ibp and out not in self.best:
             lo, hi = (t.flatten(1) for t in self.ibp[node.inputs[0]])
-            weight = spec @ node.op.weight  # (B, K, in)
+            weight = spec @ matrix[0]  # (B, K, in)
             mid, rad = ((hi + lo) / 2).unsqueeze(-1), ((hi - lo) / 2).unsqueeze(-1)
             centre, spread = (weight @ mid)[..., 0], (weight.abs() @ rad)[..., 0]
-            if node.op.bias is not None:
-                centre = centre + spec @ node.op.bias
+            if matrix[1] is not None:
+                centre = centre + spec @ matrix[1]
             return centre - spread, centre + spread
         lo, hi = self.ibp[out] if out not in self.best else self.best[out]
         pos, neg = spec.clamp_min(0), spec.clamp_max(0)
@@ -425,9 +439,9 @@ def shared_rows_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def _linears_on_input(graph: Graph) -> dict[int, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
-    """Linear nodes fed by the network input through single-use reshapes and elementwise affine
-    maps (input normalisation), with the composed affine map ``(W_eff, b_eff, |W_eff|)`` from
-    the input.
+    """Dense affine nodes (``op.as_matrix()``) fed by the network input through single-use ops
+    that fold into them (``op.fold_into``: reshapes, permutations, input normalisation), with
+    the composed affine map ``(W_eff, b_eff, |W_eff|)`` from the input.
 
     Cached on the graph (its ops are fixed once built).
     """
@@ -436,22 +450,18 @@ def _linears_on_input(graph: Graph) -> dict[int, tuple[torch.Tensor, torch.Tenso
         return cached
     found: dict[int, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = {}
     for j, node in enumerate(graph.nodes):
-        if not isinstance(node.op, Linear):
+        matrix = node.op.as_matrix() if node.op is not None else None
+        if matrix is None:
             continue
-        weight, bias = node.op.weight, node.op.bias
+        weight, bias = matrix
         k = node.inputs[0]
         while k != 0 and len(graph.nodes[k].users) == 1:
-            op = graph.nodes[k].op
-            if isinstance(op, ElementwiseAffine):
-                shape = graph.nodes[k].shape
-                scale = op.scale.expand(shape).reshape(-1)
-                if op.bias is not None:
-                    shift = weight @ op.bias.expand(shape).reshape(-1)
-                    bias = shift if bias is None else bias + shift
-                weight = weight * scale
-            elif not isinstance(op, Reshape):
+            inner = graph.nodes[k]
+            folded = inner.op.fold_into(weight, bias, graph.nodes[inner.inputs[0]].shape)
+            if folded is None:
                 break
-            k = graph.nodes[k].inputs[0]
+            weight, bias = folded
+            k = inner.inputs[0]
         if k == 0:
             found[j] = (weight, bias, weight.abs())
     graph._input_linears = found

@@ -1,8 +1,11 @@
 """Elementwise nonlinearities and their sound linear relaxations.
 
-* ReLU / LeakyReLU (CROWN): the upper line is the chord through ``(l, f(l))`` and
-  ``(u, f(u))``; the lower line passes through the origin with the slope of the larger piece
-  (1 if ``u >= -l``, else the negative slope) -- the adaptive choice of Zhang et al. 2018.
+* ReLU / LeakyReLU (CROWN): for ``f(x) = x`` (``x >= 0``), ``s x`` (``x < 0``) the chord through
+  ``(l, f(l))`` and ``(u, f(u))`` bounds ``f`` on one side, and a line through the origin with
+  the slope of the larger piece (1 if ``u >= -l``, else ``s``) on the other -- the adaptive
+  choice of Zhang et al. 2018. For ``s <= 1`` (convex) the chord is the upper line; for
+  ``s > 1`` (concave) it is the lower one. ``s < 0`` is not monotone (its IBP range has its
+  minimum at 0).
 * Sigmoid / Tanh: both lines have the chord's slope ``k``; their offsets are the exact min and
   max of ``f(x) - k x`` on ``[l, u]``, found among the end points and the (closed-form) points
   where ``f'(x) = k``. This is sound for every interval, including ones that straddle the
@@ -13,23 +16,44 @@ from __future__ import annotations
 
 from abc import abstractmethod
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from evax.bounds.ops.base import ElementwiseOp, batched_dot
+from evax.bounds.ops.base import ElementwiseOp, Interval, batched_dot
+from evax.bounds.ops.registry import Call, register
 
 _TINY = 1e-12
 
 
+def _one_input(cls, call: Call):
+    """Converter of a parameter-free activation: reads the input and ignores ``inplace``."""
+    call.input("input")
+    call.ignore(*(k for k in ("inplace",) if k in call.bound))
+    return cls()
+
+
+@register(nn.ReLU, F.relu, torch.relu, F.relu_, torch.relu_, "relu", "relu_",
+          signatures={F.relu: "(input, inplace=False)", torch.relu: "(input)", F.relu_: "(input)",
+                      torch.relu_: "(input)", "relu": "(input)", "relu_": "(input)"},
+          doc="ReLU")
 class ReLU(ElementwiseOp):
     """``max(x, 0)``."""
 
     kind = "relu"
+    monotone = True
+    kink_at_zero = True
+
+    @classmethod
+    def convert(cls, call: Call) -> ReLU:
+        return _one_input(cls, call)
 
     def evaluate(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x)
 
     def relax(self, lower: torch.Tensor, upper: torch.Tensor):
-        return _leaky_relax(lower, upper, 0.0)
+        return leaky_relax(lower, upper, 0.0)
 
     def backward(self, lam: torch.Tensor, relaxation=None):
         # Specialised: the lower line has no offset (b_l = 0).
@@ -39,38 +63,89 @@ class ReLU(ElementwiseOp):
         lam_in.addcmul_(neg, (a_u - a_l).unsqueeze(1))
         return [lam_in], batched_dot(neg, b_u)
 
+    def milp(self, model, ins, out, in_bounds) -> None:
+        lo, hi = (b.reshape(-1) for b in in_bounds[0])
+        model.relu(ins[0].reshape(-1), lo, hi, out=out.reshape(-1))
 
+
+@register(nn.LeakyReLU, F.leaky_relu, F.leaky_relu_,
+          signatures={F.leaky_relu: "(input, negative_slope=0.01, inplace=False)",
+                      F.leaky_relu_: "(input, negative_slope=0.01)"},
+          doc="LeakyReLU (any negative slope)")
 class LeakyReLU(ElementwiseOp):
-    """``max(x, s x)`` with negative slope ``0 <= s <= 1``."""
+    """``x`` for ``x >= 0``, ``s x`` for ``x < 0``, any finite slope ``s``."""
 
     kind = "leaky_relu"
+    monotone = True  # per instance: False for s < 0
+    kink_at_zero = True
 
     def __init__(self, negative_slope: float) -> None:
         self.negative_slope = float(negative_slope)
+        self.monotone = self.negative_slope >= 0
+
+    @classmethod
+    def convert(cls, call: Call) -> LeakyReLU:
+        call.input("input")
+        if call.module is not None:
+            slope = call.module.negative_slope
+        else:
+            slope = call.const("negative_slope")
+            call.ignore(*(k for k in ("inplace",) if k in call.bound))
+        if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not np.isfinite(slope):
+            raise call.unsupported(f"negative_slope={slope!r} (expected a finite number)")
+        return cls(slope)
 
     def evaluate(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.leaky_relu(x, self.negative_slope)
 
+    def interval(self, iv: Interval) -> Interval:
+        lo, hi = iv
+        f_l, f_u = self.evaluate(lo), self.evaluate(hi)
+        if self.monotone:
+            return f_l, f_u
+        # s < 0: convex with its minimum f(0) = 0.
+        straddle = (lo <= 0) & (hi >= 0)
+        return torch.where(straddle, torch.zeros_like(f_l), torch.minimum(f_l, f_u)), torch.maximum(f_l, f_u)
+
     def relax(self, lower: torch.Tensor, upper: torch.Tensor):
-        return _leaky_relax(lower, upper, self.negative_slope)
+        return leaky_relax(lower, upper, self.negative_slope)
+
+    def milp(self, model, ins, out, in_bounds) -> None:
+        # leaky_relu(z, s) = z + (1 - s) relu(-z), for every s.
+        z = ins[0].reshape(-1)
+        lo, hi = (b.reshape(-1) for b in in_bounds[0])
+        r = model.relu(z, lo, hi, scale=-1.0)
+        model.add_rows([(out.reshape(-1), 1.0), (z, -1.0), (r, -(1.0 - self.negative_slope))], 0.0, 0.0)
 
 
-def _leaky_relax(lower: torch.Tensor, upper: torch.Tensor, slope: float):
-    """Relaxation of ``max(x, slope x)`` (convex for ``slope <= 1``) on ``[lower, upper]``."""
+def leaky_relax(lower: torch.Tensor, upper: torch.Tensor, slope: float):
+    """Relaxation ``(a_l, b_l, a_u, b_u)`` of ``leaky_relu(x, slope)`` on ``[lower, upper]``."""
     active = lower >= 0
     dead = upper <= 0
     unstable = ~(active | dead)
     width = (upper - lower).clamp_min(_TINY)
     chord = (upper - slope * lower) / width
-    a_u = torch.where(active, 1.0, torch.where(dead, slope, chord))
-    b_u = torch.where(unstable, (slope - chord) * lower, 0.0)
-    a_l = torch.where(active, 1.0, torch.where(dead, slope, torch.where(upper >= -lower, 1.0, slope)))
-    b_l = torch.zeros_like(lower)
-    return a_l.to(lower.dtype), b_l, a_u.to(lower.dtype), b_u.to(lower.dtype)
+    chord_b = torch.where(unstable, (slope - chord) * lower, 0.0)
+    exact = torch.where(active, 1.0, slope)
+    origin = torch.where(active, 1.0, torch.where(dead, slope, torch.where(upper >= -lower, 1.0, slope)))
+    chord_a = torch.where(unstable, chord, exact)
+    zero = torch.zeros_like(lower)
+    if slope <= 1:  # convex: chord above, a line through the origin below
+        a_l, b_l, a_u, b_u = origin, zero, chord_a, chord_b
+    else:  # concave: chord below, a line through the origin above
+        a_l, b_l, a_u, b_u = chord_a, chord_b, origin, zero
+    dt = lower.dtype
+    return a_l.to(dt), b_l.to(dt), a_u.to(dt), b_u.to(dt)
 
 
 class _SShaped(ElementwiseOp):
     """Common relaxation of sigmoid-like functions (odd-symmetric derivative, max at 0)."""
+
+    monotone = True
+
+    @classmethod
+    def convert(cls, call: Call) -> _SShaped:
+        return _one_input(cls, call)
 
     @abstractmethod
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,6 +173,7 @@ class _SShaped(ElementwiseOp):
         return k, b_l, k, b_u
 
 
+@register(nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", "sigmoid_", signature="(input)", doc="Sigmoid")
 class Sigmoid(_SShaped):
     """Logistic sigmoid."""
 
@@ -117,6 +193,7 @@ class Sigmoid(_SShaped):
         return torch.log(s / (1 - s))
 
 
+@register(nn.Tanh, torch.tanh, F.tanh, "tanh", "tanh_", signature="(input)", doc="Tanh")
 class Tanh(_SShaped):
     """Hyperbolic tangent."""
 

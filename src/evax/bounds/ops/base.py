@@ -1,11 +1,19 @@
 """The operator interface of the bound engine.
 
-Every op of the graph holds its three rules side by side (auto_LiRPA's operator design):
+Every op of the graph holds all of its rules side by side (auto_LiRPA's operator design):
 
+* ``convert``   -- build the op from a traced call (:class:`~evax.bounds.ops.registry.Call`),
+  reading and checking every argument;
+* ``evaluate``  -- concrete outputs (the graph is checked against the model with it);
 * ``interval``  -- IBP: bounds of the output from intervals of the inputs;
 * ``forward``   -- affine forms ``A x + b`` of the output in terms of the network input ``x``;
 * ``backward``  -- CROWN: given a linear function ``lam . y`` of the output, a linear function of
-  the inputs that lower-bounds it.
+  the inputs that lower-bounds it;
+* ``local_forward`` / ``local_backward`` -- the same rules on patches (forms and multipliers
+  kept on each neuron's receptive field through a convolutional stem, see
+  :mod:`evax.bounds.local_forms` and :mod:`evax.bounds.local_backward`); ``None`` when the op
+  has no local rule;
+* ``milp``      -- its encoding for the exact MILP bounds (:mod:`evax.bounds.exact`).
 
 Conventions (``N`` boxes, ``K`` specification rows, ``d`` input variables, ``S`` the op's
 per-sample output shape):
@@ -22,8 +30,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from evax.bounds.milp import MILP
+    from evax.bounds.ops.registry import Call
 
 Interval = tuple[torch.Tensor, torch.Tensor]
 
@@ -55,6 +68,29 @@ class Op(ABC):
     kind: str = "op"
     n_inputs: int = 1
     path: str = ""
+    # Set by @register: the handles and the line of the supported-layer list.
+    handles: tuple = ()
+    registry_doc: str = ""
+
+    # Nonlinear ops need the bounds of their input to build a relaxation.
+    needs_relaxation: bool = False
+    # Monotone nondecreasing in every input: ``interval`` is then the exact range over a box,
+    # and no linear bound of the output can beat it (see Propagator._node_bounds). False unless
+    # an op says so.
+    monotone: bool = False
+    # A piecewise-linear activation whose only kink is at 0 (ReLU, LeakyReLU): its relaxation
+    # of a neuron that is stable (l >= 0 or u <= 0) is exact whatever the bounds, so CROWN may
+    # skip those neurons' rows.
+    kink_at_zero: bool = False
+    # The output is a view of the input's values (reshape, permute, identity): an in-place op
+    # on it would write through to the input.
+    alias: bool = False
+
+    @classmethod
+    def convert(cls, call: Call) -> Op | None:
+        """Build the op from a traced call; ``None`` means the call is the identity of its
+        (single) input. Must read every argument of ``call`` (see ``Call.finish``)."""
+        raise NotImplementedError(f"{cls.__name__} has no converter")
 
     @abstractmethod
     def evaluate(self, *xs: torch.Tensor) -> torch.Tensor:
@@ -72,14 +108,70 @@ class Op(ABC):
     def backward(self, lam: torch.Tensor, relaxation=None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Backward (CROWN) rule for a lower bound of ``lam . y``."""
 
-    # Nonlinear ops need the bounds of their input to build a relaxation.
-    needs_relaxation: bool = False
-    # Monotone nondecreasing in every input: ``interval`` is then the exact range over a box,
-    # and no linear bound of the output can beat it (see Propagator._node_bounds).
-    monotone: bool = False
-
     def relax(self, lower: torch.Tensor, upper: torch.Tensor):  # pragma: no cover - linear ops
         return None
+
+    # -- optional structure the engine exploits ---------------------------------------------------
+    def as_matrix(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """``(W, b)`` with ``y = W x + b`` on flat features, for dense affine layers; else None."""
+        return None
+
+    def fold_into(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, in_shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Compose a downstream affine map ``W y + b`` (``W`` is ``(out, numel(S))``) with this
+        op: ``(W', b')`` such that ``W' x + b' = W op(x) + b`` on the flat input of per-sample
+        shape ``in_shape``. ``None`` when the op is not an affine map that folds cheaply."""
+        return None
+
+    def compose(self, inner: Op) -> Op | str | None:
+        """A simpler op computing ``self(inner(x))`` from ``inner``'s input (e.g. two
+        permutations, two reshapes), ``"identity"`` when the composition is the identity, or
+        ``None``. Lets exported graphs (NHWC -> NCHW -> NHWC transposes) keep their structure."""
+        return None
+
+    def local_forward(self, form, relaxation, out_shape: tuple[int, ...]):
+        """Forward rule on a :class:`~evax.bounds.local_forms.LocalForm`, or ``None``."""
+        return None
+
+    local_backward_ok: bool = False  # has a local CROWN rule (see local_backward)
+
+    def local_growth(self) -> tuple[int, int]:
+        """How much the op widens a receptive field (rows, columns)."""
+        return (0, 0)
+
+    def local_backward(self, lam, const, offset, windows, relaxation, shape, in_shape):
+        """CROWN rule on patches of multipliers; see :func:`evax.bounds.local_backward.local_lower_bounds`.
+
+        Args:
+            lam: ``(B, P, K, C, Rh, Rw)`` multipliers of this op's output on each position's window.
+            const: ``(B, P, K)`` constant accumulated so far.
+            offset: node row/column of window entry 0 for position 0.
+            windows: the positions' :class:`~evax.bounds.local_backward.Windows`.
+            relaxation: this op's relaxation (nonlinear ops).
+            shape, in_shape: per-sample shapes of the output and of the input.
+        Returns:
+            ``(lam, const, offset)`` of the input.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no local backward rule")
+
+    def milp(self, model: MILP, ins: list, out, in_bounds: list) -> None:
+        """Add the op's exact encoding to a MILP (see :class:`evax.bounds.milp.MILP`).
+
+        Args:
+            model: the problem being built.
+            ins: per input, the ``(numel,)`` int array of its variable indices.
+            out: ``(numel,)`` variable indices of the output.
+            in_bounds: per input, sound ``(lower, upper)`` float arrays of its values.
+        """
+        from evax.errors import UnsupportedLayerError
+
+        raise UnsupportedLayerError(
+            self.path,
+            type(self).__name__,
+            "method='exact' needs a piecewise-linear network (affine layers, ReLU, LeakyReLU, "
+            "Hardtanh/ReLU6, max pooling)",
+        )
 
     def to(self, device=None, dtype=None) -> Op:
         """Move the op's constant tensors (in place on the op; returns self)."""
@@ -91,6 +183,9 @@ class Op(ABC):
                     value.to(device=device, dtype=dtype if value.is_floating_point() else None),
                 )
         return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r})"
 
 
 class LinearOp(Op):
@@ -157,22 +252,61 @@ class LinearOp(Op):
             const = (lam * self.bias).flatten(2).sum(dim=2)
         return ins, const
 
+    def dense_matrices(self, in_shapes: list[tuple[int, ...]], dtype=torch.float64) -> list[torch.Tensor]:
+        """The matrix of ``L`` w.r.t. each input, ``(numel_out, numel_in_k)`` (small ops only)."""
+        mats = []
+        for k, shape in enumerate(in_shapes):
+            numel = 1
+            for s in shape:
+                numel *= s
+            basis = torch.eye(numel, dtype=dtype).view(numel, *shape)
+            args = [basis if j == k else torch.zeros((numel, *s), dtype=dtype) for j, s in enumerate(in_shapes)]
+            mats.append(self.apply(*args).reshape(numel, -1).T)
+        return mats
+
+    def milp(self, model: MILP, ins: list, out, in_bounds: list) -> None:
+        """Equality constraints ``y = L x + b`` (the matrix read off a basis)."""
+        import copy
+
+        op = copy.deepcopy(self).to(device="cpu", dtype=torch.float64)
+        in_shapes = [tuple(b[0].shape) for b in in_bounds]
+        mats = [m.numpy() for m in op.dense_matrices(in_shapes)]
+        zeros = [torch.zeros((1, *s), dtype=torch.float64) for s in in_shapes]
+        bias = op.evaluate(*zeros).reshape(-1).numpy()
+        model.add_linear_equality(mats, [i.reshape(-1) for i in ins], out.reshape(-1), bias)
+
 
 class ElementwiseOp(Op):
-    """A monotone nondecreasing elementwise nonlinearity with linear relaxations.
+    """An elementwise nonlinearity ``y = f(x)`` with linear relaxations.
 
     :meth:`relax` returns ``(a_l, b_l, a_u, b_u)``, each ``(N, *S)``, such that
     ``a_l x + b_l <= f(x) <= a_u x + b_u`` for every ``x`` in ``[lower, upper]``.
+
+    ``monotone`` is False unless a subclass says so; a subclass that is not monotone must
+    implement :meth:`interval` itself (class creation fails otherwise), so that no op can
+    inherit the endpoint rule ``[f(l), f(u)]`` that is only sound for nondecreasing ``f``.
     """
 
     needs_relaxation = True
-    monotone = True
+    monotone = False
+    local_backward_ok = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        abstract = any(getattr(getattr(cls, name, None), "__isabstractmethod__", False) for name in dir(cls))
+        if not abstract and not cls.monotone and cls.interval is ElementwiseOp.interval:
+            raise TypeError(
+                f"{cls.__name__} is not declared monotone, so it must implement interval() "
+                "(the endpoint rule [f(l), f(u)] is only sound for nondecreasing functions)"
+            )
 
     @abstractmethod
     def relax(self, lower: torch.Tensor, upper: torch.Tensor):
         """Linear relaxation on ``[lower, upper]``."""
 
     def interval(self, iv: Interval) -> Interval:
+        if not self.monotone:  # an instance that is not monotone (e.g. LeakyReLU with s < 0)
+            raise NotImplementedError(f"{type(self).__name__} must implement interval()")
         return self.evaluate(iv[0]), self.evaluate(iv[1])
 
     def forward(self, form: Form, relaxation=None) -> Form:
@@ -191,6 +325,32 @@ class ElementwiseOp(Op):
         lam_in.addcmul_(neg, (a_u - a_l).unsqueeze(1))
         const = batched_dot(lam, b_l) + batched_dot(neg, b_u - b_l)
         return [lam_in], const
+
+    def local_forward(self, form, relaxation, out_shape):
+        from evax.bounds.local_forms import LocalForm, to_patches
+
+        if relaxation is None:
+            return None
+        a_l, b_l, a_u, b_u = relaxation
+        al = signed_combine(to_patches(a_l, form), form.al, form.au)
+        au = signed_combine(to_patches(a_u, form), form.au, form.al)
+        bl = signed_combine(a_l, form.bl, form.bu) + b_l
+        bu = signed_combine(a_u, form.bu, form.bl) + b_u
+        return LocalForm(al, bl, au, bu, form.offset, form.shape)
+
+    def local_backward(self, lam, const, offset, windows, relaxation, shape, in_shape):
+        from evax.bounds.local_backward import window_dot
+
+        a_l, b_l, a_u, b_u = relaxation
+        window = (lam.shape[-2], lam.shape[-1])
+        neg = lam.clamp_max(0)
+        const = const + window_dot(neg, windows.gather(b_u - b_l, offset, window))
+        if bool((b_l != 0).any()):
+            const = const + window_dot(lam, windows.gather(b_l, offset, window))
+        lam = (lam * windows.gather(a_l, offset, window)).addcmul_(
+            neg, windows.gather(a_u - a_l, offset, window)
+        )
+        return lam, const, offset
 
 
 def signed_combine(coef: torch.Tensor, x_pos: torch.Tensor, x_neg: torch.Tensor) -> torch.Tensor:

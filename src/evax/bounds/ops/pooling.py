@@ -9,12 +9,23 @@ constant largest upper bound), as in DeepPoly (Singh et al. 2019). Windows are h
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from evax.bounds.ops.base import Form, Op
+from evax.bounds.ops.registry import Call, register
 
 
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(int(t) for t in v)
+
+
+@register(nn.MaxPool2d, F.max_pool2d,
+          signature="(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, "
+                    "return_indices=False)",
+          doc="MaxPool2d (any kernel, stride, padding, dilation; not ceil_mode)")
 class MaxPool2d(Op):
     """``max_pool2d`` over ``(C, H, W)`` per-sample inputs (ceil_mode not supported)."""
 
@@ -26,6 +37,24 @@ class MaxPool2d(Op):
         self.kernel_size, self.stride = kernel_size, stride
         self.padding, self.dilation = padding, dilation
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+
+    @classmethod
+    def convert(cls, call: Call) -> MaxPool2d:
+        call.input("input")
+        if call.module is not None:
+            mod = call.module
+            kernel, stride, padding = mod.kernel_size, mod.stride, mod.padding
+            dilation, ceil_mode, indices = mod.dilation, mod.ceil_mode, mod.return_indices
+        else:
+            kernel, stride, padding = call.const("kernel_size"), call.const("stride"), call.const("padding")
+            dilation, ceil_mode, indices = call.const("dilation"), call.const("ceil_mode"), call.const(
+                "return_indices")
+        if ceil_mode or indices:
+            raise call.unsupported("ceil_mode=True or return_indices=True")
+        if len(call.input_shape("input")) != 3:
+            raise call.unsupported("max pooling of inputs that are not (C, H, W) per sample")
+        return cls(_pair(kernel), _pair(stride or kernel), _pair(padding), _pair(dilation),
+                   call.input_shape("input"), call.out_shape)
 
     def evaluate(self, x: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation)
@@ -102,3 +131,65 @@ class MaxPool2d(Op):
         out = torch.zeros((n, k, numel_in), device=lam.device, dtype=lam.dtype)
         out.scatter_add_(2, index.view(n, 1, -1).expand(n, k, -1), coef.reshape(n, k, -1))
         return [out.view(n, k, *self.in_shape)], const
+
+    def local_forward(self, form, relaxation, out_shape) -> Form | None:
+        """:meth:`forward` with the picked inputs gathered from the patches (a dense form out:
+        the stride breaks the window geometry, and this is much cheaper than densifying first).
+
+        Output neuron ``o`` picks input neuron ``(c, h, w)`` (``relaxation[0]``); its coefficient
+        for input pixel ``(a, b)`` is patch entry ``(c, h - a - offset_h, w - b - offset_w)`` when
+        that lies in the window, else 0.
+        """
+        if relaxation is None:
+            return None
+        index, dominant, u_max = relaxation
+        n = index.shape[0]
+        c, h, w = form.shape
+        (h0, w0), (rh, rw) = form.input_hw, form.window
+        flat = index.reshape(n, 1, 1, -1)  # (N, 1, 1, M), M = C * Ho * Wo
+        chan, row, col = flat // (h * w), (flat % (h * w)) // w, flat % w
+        # Rows depend on (a, output) only, columns on (b, output): build them apart, then broadcast.
+        i = row - torch.arange(h0, device=flat.device).view(1, h0, 1, 1) - form.offset[0]  # (N, H0, 1, M)
+        j = col - torch.arange(w0, device=flat.device).view(1, 1, w0, 1) - form.offset[1]  # (N, 1, W0, M)
+        dtype = form.al.dtype
+        keep = (((i >= 0) & (i < rh)).to(dtype) * ((j >= 0) & (j < rw)).to(dtype)).unsqueeze(1)
+        pos = (chan * rh + i.clamp(0, rh - 1)) * rw + j.clamp(0, rw - 1)  # (N, H0, W0, M)
+        c0 = form.al.shape[1]
+        pos = pos.unsqueeze(1).expand(n, c0, h0, w0, flat.shape[-1])
+
+        def pick(p: torch.Tensor) -> torch.Tensor:  # -> (N, d, *S_out)
+            patches = p.expand(n, *p.shape[1:]).reshape(n, c0, h0, w0, -1)
+            return (patches.gather(4, pos) * keep).view(n, c0 * h0 * w0, *index.shape[1:])
+
+        def pick_b(b: torch.Tensor) -> torch.Tensor:
+            return b.expand(n, *b.shape[1:]).reshape(n, -1).gather(1, index.view(n, -1)).view(index.shape)
+
+        al = pick(form.al)
+        au = pick(form.au) * dominant.unsqueeze(1)
+        bu = torch.where(dominant, pick_b(form.bu), u_max)
+        return Form(al, pick_b(form.bl), au, bu)
+
+    def milp(self, model, ins, out, in_bounds) -> None:
+        """``y = max_i x_i`` per window: ``y >= x_i``; one binary per candidate ``a_i`` with
+        ``sum a_i = 1`` and ``y <= x_i + (U - l_i)(1 - a_i)`` (``U`` the window's largest upper
+        bound). Inputs whose upper bound is below the window's largest lower bound can never be
+        the max and get no binary; a window with one candidate is an equality."""
+        x = ins[0].reshape(-1)
+        lo, hi = (np.asarray(b, dtype=float).reshape(-1) for b in in_bounds[0])
+        pos = self._window_index(torch.device("cpu")).numpy()  # (k, L) flat H*W index, -1 on padding
+        c, h, w = self.in_shape
+        y = out.reshape(c, -1)
+        for ch in range(c):
+            for o in range(pos.shape[1]):
+                members = pos[:, o][pos[:, o] >= 0] + ch * h * w  # flat input positions
+                yo = y[ch, o]
+                best_l = lo[members].max()
+                cand = members[hi[members] >= best_l]
+                model.add_rows([(np.full(members.size, yo), 1.0), (x[members], -1.0)], 0.0, np.inf)
+                if cand.size == 1:
+                    model.add_rows([(np.array([yo]), 1.0), (x[cand], -1.0)], 0.0, 0.0)
+                    continue
+                big = hi[cand].max() - lo[cand]
+                a = model.add_vars(np.zeros(cand.size), np.ones(cand.size), integer=True)
+                model.add_rows([(a[k : k + 1], 1.0) for k in range(cand.size)], 1.0, 1.0)
+                model.add_rows([(np.full(cand.size, yo), 1.0), (x[cand], -1.0), (a, big)], -np.inf, big)
