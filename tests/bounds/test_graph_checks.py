@@ -304,3 +304,15 @@ def test_permutations_that_compose_to_the_identity_vanish_from_the_graph():
     assert not any(isinstance(node.op, Permute) for node in graph.nodes[1:])
     assert graph.nodes[graph.nodes[1].inputs[0]].op is None  # the conv reads the input directly
     assert_contains(model, evax.Ball(torch.rand(2, 2, 6, 6), 0.1))
+
+
+def test_ball_of_the_wrong_layout_for_a_channels_last_wrapper_is_refused():
+    from evax.errors import InvalidInputError
+    from evax.zoo.layers import ChannelsLast
+
+    torch.manual_seed(10)
+    inner = nn.Sequential(nn.Flatten(), nn.Linear(4 * 4 * 3, 2)).eval()
+    model = ChannelsLast(inner, nhwc_shape=(4, 4, 3))
+    with pytest.raises(InvalidInputError, match=r"\(3, 4, 4\).*NCHW"):
+        evax.bound(model, evax.Ball(torch.rand(2, 4, 4, 3), 0.1), "ibp")
+    assert_contains(model, evax.Ball(torch.rand(2, 3, 4, 4), 0.1))

@@ -153,6 +153,13 @@ def bound(
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise InvalidInputError(f"batch_size must be a positive int or None, got {batch_size!r}")
 
+    declared = getattr(model, "input_shape", None)  # set by evax.zoo.from_onnx and its wrappers
+    if isinstance(declared, tuple) and all(isinstance(d, int) for d in declared) and declared != ball.shape:
+        layout = getattr(model, "input_layout", None)
+        note = " (the wrapper takes NCHW tensors)" if layout == "NHWC" else ""
+        raise InvalidInputError(
+            f"the model declares per-sample inputs of shape {declared}{note}; the ball has {ball.shape}"
+        )
     device = _model_device(model, ball.center.device)
     dtype = torch.float64 if certify else _model_dtype(model)
     with eval_mode(model):

@@ -263,8 +263,14 @@ class Pad(LinearFunction):
             mode = call.literal("mode", ("constant", "reflect", "replicate", "circular"))
             value = call.const("value")
             value = 0.0 if value is None else float(value)
-        if not all(isinstance(p, int) for p in pad) or len(pad) % 2 or len(pad) // 2 > len(in_shape):
-            raise call.unsupported(f"pad={pad!r} (pads of the batch dimension are not supported)")
+        if not all(isinstance(p, int) and not isinstance(p, bool) for p in pad) or len(pad) % 2:
+            raise call.unsupported(f"pad={pad!r} (expected pairs of ints)")
+        if len(pad) // 2 > len(in_shape) + 1:
+            raise call.unsupported(f"pad={pad!r} pads more dimensions than the input has")
+        if len(pad) // 2 == len(in_shape) + 1:  # pairs listed for every dim, the batch's last
+            if pad[-2:] != (0, 0):
+                raise call.unsupported(f"pad={pad!r} pads the batch dimension")
+            pad = pad[:-2]
         fn = functools.partial(F.pad, pad=pad, mode=mode) if mode != "constant" else functools.partial(
             F.pad, pad=pad, mode="constant", value=0.0)
         bias = None
