@@ -211,4 +211,7 @@ METHODS = [
     "ibp+backward",
     "forward+backward",
     "ibp+forward+backward",
+    "crown-ibp",
+    "forward+crown-ibp",
+    "alpha-crown",
 ]

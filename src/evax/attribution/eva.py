@@ -30,6 +30,7 @@ from evax import groups as groups_mod
 from evax._modes import eval_mode
 from evax.attribution.base import Attribution, TargetLike, check_inputs, resolve_target
 from evax.bounds.api import bound
+from evax.bounds.propagate import parse_method
 from evax.errors import InvalidInputError
 from evax.perturbation import Ball
 
@@ -139,7 +140,8 @@ class EVA(Attribution):
         model: classifier on ``(N, C, H, W)`` inputs, made of layers the bound engine supports.
         eps: radius of the perturbation ball (the paper: 0.5 on MNIST/CIFAR, p=inf).
         p: norm of the ball (``inf``, 2 or 1).
-        method: bound method (``"ibp"``, ``"forward"``, ``"backward"`` or a combination).
+        method: bound method (``"ibp"``, ``"forward"``, ``"backward"``, ``"crown-ibp"``,
+            ``"alpha-crown"`` or a ``+``-combination; see :func:`evax.bound`).
         groups: a grouping (``evax.groups.grid(12)``, ``evax.groups.superpixels(...)``) or masks
             ``(N or 1, G, H, W)`` / a label map ``(N or 1, H, W)``.
         domain: optional ``(lo, hi)`` clipping of the ball (p=inf), e.g. ``(0, 1)``.
@@ -171,6 +173,8 @@ class EVA(Attribution):
     ) -> None:
         super().__init__(model)
         Ball(torch.zeros(1, 1), eps, p)  # validate eps and p now, with a clear error
+        if method != "exact":
+            parse_method(method)  # and the method
         if domain is not None:
             Ball(torch.zeros(1, 1) + float(domain[0]), eps, p, domain=domain)
         self.eps, self.p, self.method, self.groups = eps, p, method, groups

@@ -22,6 +22,7 @@ exact for an affine map of a box, so a backward pass would only repeat it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -32,6 +33,10 @@ from evax.bounds.ops.base import Form, Interval
 from evax.perturbation import PerturbationSet
 
 BASE_METHODS = ("ibp", "forward", "backward")
+# Methods that only change how the *output* is bounded: CROWN-IBP (IBP intermediate bounds, one
+# CROWN pass from the specification rows) and alpha-CROWN (CROWN intermediate bounds, the final
+# pass with optimised ReLU slopes).
+OUTPUT_METHODS = ("crown-ibp", "alpha-crown")
 _BLOCK_FLOATS = 2**18  # coefficients per fused block (1 MiB in float32: stays in L2)
 ALIASES = {
     "crown": "backward",
@@ -40,7 +45,26 @@ ALIASES = {
     "backward": "backward",
     "forward": "forward",
     "ibp": "ibp",
+    "crown-ibp": "crown-ibp",
+    "crown_ibp": "crown-ibp",
+    "crownibp": "crown-ibp",
+    "alpha-crown": "alpha-crown",
+    "alpha_crown": "alpha-crown",
+    "alpha": "alpha-crown",
 }
+
+
+@dataclass(frozen=True)
+class AlphaOptions:
+    """How alpha-CROWN optimises the ReLU relaxations' free slopes (Xu et al. 2021).
+
+    Attributes:
+        iterations: Adam steps (each one backward pass of the specification rows).
+        lr: Adam's learning rate.
+    """
+
+    iterations: int = 20
+    lr: float = 0.5
 
 
 def intersect(bounds: list[Interval]) -> Interval:
@@ -56,7 +80,11 @@ class Propagator:
     Args:
         graph: the model's bound graph.
         inset: the perturbation set (``N`` boxes).
-        methods: subset of ``{"ibp", "forward", "backward"}``.
+        methods: subset of ``{"ibp", "forward", "backward", "crown-ibp", "alpha-crown"}``;
+            ``crown-ibp`` adds IBP to the intermediate bounds and a CROWN pass to the output,
+            ``alpha-crown`` adds CROWN to the intermediate bounds and an optimised CROWN pass to
+            the output.
+        alpha: options of alpha-CROWN.
         row_budget: how many floats a backward pass may hold at once (neuron chunking).
         local_forms: keep forward forms as patches through the convolutional stem when the
             input set is a box (:mod:`evax.bounds.local_forms`; same bounds, far less work).
@@ -73,18 +101,27 @@ class Propagator:
         row_budget: int = 2**27,
         local_forms: bool = True,
         skip_stable: bool = True,
+        alpha: AlphaOptions | None = None,
     ) -> None:
         self.skip_stable = skip_stable
         self.graph = graph
         self.inset = inset
-        self.methods = methods
+        node_methods = {m for m in methods if m in BASE_METHODS}
+        if "crown-ibp" in methods:
+            node_methods.add("ibp")
+        if "alpha-crown" in methods:
+            node_methods.add("backward")
+        self.methods = frozenset(node_methods)  # what bounds the intermediate nodes
+        out_methods = set(node_methods) | ({"backward"} if "crown-ibp" in methods else set())
+        self.out_methods = frozenset(out_methods)  # what bounds the output
+        self.alpha = (alpha or AlphaOptions()) if "alpha-crown" in methods else None
         self.row_budget = row_budget
         self.best: dict[int, Interval] = {}
         self.ibp: dict[int, Interval] = {}
         self.forms: dict[int, Form] = {}
         self.relax: dict[int, object] = {}
         self._input_linears = _linears_on_input(graph)
-        linear = "forward" in methods or "backward" in methods
+        linear = "forward" in self.out_methods or "backward" in self.out_methods
         use_local = local_forms and linear and len(graph.input_shape) == 3
         box_radius = inset.box_radius()  # None unless the set is a box (p = inf)
         self._flat_radius = None if box_radius is None else box_radius.reshape(inset.batch_size, -1)
@@ -96,7 +133,7 @@ class Propagator:
         """Bounds of ``spec @ f(x)`` over the set, each ``(N, K)`` (``K = n_out`` without spec)."""
         g = self.graph
         use_ibp_chain = "ibp" in self.methods or "backward" in self.methods
-        linear_methods = "forward" in self.methods or "backward" in self.methods
+        linear_methods = "forward" in self.out_methods or "backward" in self.out_methods
         for i, node in enumerate(g.nodes[: g.output + 1]):
             if node.op is None:
                 iv = self.inset.interval()
@@ -289,9 +326,12 @@ class Propagator:
             lower = self._pull_back({i: lam.view(1, 2 * r, *node.shape)}, None)
         return lower[:, :r], -lower[:, r:]
 
-    def _pull_back(self, lams: dict[int, torch.Tensor], const: torch.Tensor | None) -> torch.Tensor:
-        """Propagate multipliers down to the input and concretise: lower bound ``(N, K)``."""
+    def _pull_back(self, lams: dict[int, torch.Tensor], const: torch.Tensor | None, relax=None) -> torch.Tensor:
+        """Propagate multipliers down to the input and concretise: lower bound ``(N, K)``.
+
+        ``relax`` overrides the relaxations (alpha-CROWN's, with per-row slopes)."""
         g = self.graph
+        relax = self.relax if relax is None else relax
         n = self.inset.batch_size
         total = const
         for j in range(max(lams), -1, -1):
@@ -316,7 +356,7 @@ class Propagator:
                     c = lam @ bias
                     total = c if total is None else total + c
                 continue
-            ins, c = node.op.backward(lam, self.relax.get(j))
+            ins, c = node.op.backward(lam, relax.get(j))
             if c is not None:
                 total = c if total is None else total + c
             for k, lam_k in zip(node.inputs, ins, strict=True):
@@ -391,9 +431,9 @@ class Propagator:
             spec = torch.eye(g.output_size, device=ref.device, dtype=ref.dtype).unsqueeze(0)
         k = spec.shape[1]
         cands: list[Interval] = []
-        if "ibp" in self.methods:
+        if "ibp" in self.out_methods:
             cands.append(self._ibp_output(spec))
-        if "forward" in self.methods:
+        if "forward" in self.out_methods:
             f = self.forms[out]
             if isinstance(f, LocalForm):
                 f = densify(f)
@@ -406,12 +446,52 @@ class Propagator:
             lower = self.inset.concretize(coef_l, bl)
             upper = -self.inset.concretize(-coef_u, -bu)
             cands.append((lower, upper))
-        if "backward" in self.methods:
+        if "backward" in self.out_methods:
             lam = torch.cat([spec, -spec], dim=1)
             lower = self._pull_back({out: lam}, None)
+            if self.alpha is not None:
+                lower = self._optimise_slopes(lam, lower)
             cands.append((lower[:, :k], -lower[:, k:]))
         lo, hi = intersect(cands)
         return lo.expand(n, k), hi.expand(n, k)
+
+    def _optimise_slopes(self, lam: torch.Tensor, crown: torch.Tensor) -> torch.Tensor:
+        """alpha-CROWN: the output's lower bounds ``(N, R)`` for the ``R`` rows of ``lam``, with
+        the free slopes of every optimisable relaxation (``op.alpha_parameters``) chosen per box
+        and per row by projected Adam, warm-started at CROWN's choice.
+
+        Every slope in the admissible range gives a sound bound, so the best bound seen for each
+        box and row is kept, starting from CROWN's ``crown``: never looser than CROWN.
+        """
+        g = self.graph
+        n, rows = self.inset.batch_size, lam.shape[1]
+        params: dict[int, tuple] = {}
+        for j, relaxation in self.relax.items():
+            node = g.nodes[j]
+            found = node.op.alpha_parameters(*self.best[node.inputs[0]], relaxation)
+            if found is not None:
+                init, lo, hi = found  # (N, *S) each
+                alpha = init.unsqueeze(1).expand(n, rows, *init.shape[1:]).clone().requires_grad_(True)
+                params[j] = (alpha, lo.unsqueeze(1), hi.unsqueeze(1))
+        best = crown
+        if not params or self.alpha.iterations <= 0:
+            return best
+        opt = torch.optim.Adam([a for a, _, _ in params.values()], lr=self.alpha.lr)
+        lam = lam.expand(n, *lam.shape[1:])
+        with torch.enable_grad():
+            for _ in range(self.alpha.iterations):
+                relax = dict(self.relax)
+                for j, (alpha, _, _) in params.items():
+                    relax[j] = g.nodes[j].op.alpha_relaxation(self.relax[j], alpha)
+                lower = self._pull_back({g.output: lam}, None, relax=relax)
+                best = torch.maximum(best, lower.detach())
+                opt.zero_grad(set_to_none=True)
+                (-lower.sum()).backward()
+                opt.step()
+                with torch.no_grad():
+                    for alpha, lo, hi in params.values():
+                        alpha.copy_(torch.maximum(torch.minimum(alpha, hi), lo))
+        return best
 
 
 def _block_box_spread(coeffs: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
@@ -423,7 +503,7 @@ def _block_box_spread(coeffs: torch.Tensor, radius: torch.Tensor) -> torch.Tenso
     ``coeffs``), at GEMM speed rather than a batched matrix-vector product's.
     """
     b = radius.shape[0]
-    coeffs.abs_()
+    coeffs = coeffs.abs() if coeffs.requires_grad else coeffs.abs_()
     if b == 1:
         return (coeffs @ radius[0]).unsqueeze(0)
     every = (coeffs @ radius.T).view(b, -1, b)  # [box of the row, row, radius of box]
@@ -478,14 +558,21 @@ def parse_method(method: str) -> frozenset[str]:
     unknown = [p for p in parts if p not in ALIASES]
     if unknown:
         raise InvalidInputError(
-            f"unknown bound method(s) {unknown}: use ibp, forward, backward (alias crown), any "
-            "'+'-combination of them, or exact"
+            f"unknown bound method(s) {unknown}: use ibp, forward, backward (alias crown), "
+            "crown-ibp, alpha-crown, any '+'-combination of them, or exact"
         )
     return frozenset(ALIASES[p] for p in parts)
 
 
+def _engine_methods(methods: frozenset[str]) -> frozenset[str]:
+    """The base passes a method set runs (crown-ibp and alpha-crown run backward passes)."""
+    extra = {"backward"} if methods & set(OUTPUT_METHODS) else set()
+    return frozenset(m for m in methods if m in BASE_METHODS) | extra
+
+
 def estimate_floats_per_box(graph: Graph, methods: frozenset[str]) -> int:
     """Rough peak number of floats one box needs (used to pick an automatic chunk size)."""
+    methods = _engine_methods(methods)
     d = graph.nodes[0].numel
     widest = max(node.numel for node in graph.nodes)
     total = 8 * widest
@@ -507,6 +594,7 @@ def estimate_largest_tensor(graph: Graph, methods: frozenset[str]) -> int:
     Chunks are sized so that this stays around a few tens of MB: larger temporaries are
     served by fresh ``mmap`` pages, whose page faults cost more than the arithmetic.
     """
+    methods = _engine_methods(methods)
     widest = max(node.numel for node in graph.nodes[1:])
     largest = widest
     if "forward" in methods:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evax.bounds.ops.base import ElementwiseOp, Interval, batched_dot
+from evax.bounds.ops.base import ElementwiseOp, Interval, batched_dot, per_row
 from evax.bounds.ops.registry import Call, register
 
 _TINY = 1e-12
@@ -58,10 +58,17 @@ class ReLU(ElementwiseOp):
     def backward(self, lam: torch.Tensor, relaxation=None):
         # Specialised: the lower line has no offset (b_l = 0).
         a_l, _, a_u, b_u = relaxation
+        a_l, a_u = per_row(a_l, lam), per_row(a_u, lam)
         neg = lam.clamp_max(0)
-        lam_in = lam * a_l.unsqueeze(1)
-        lam_in.addcmul_(neg, (a_u - a_l).unsqueeze(1))
+        lam_in = lam * a_l
+        lam_in = lam_in.addcmul_(neg, a_u - a_l) if not lam_in.requires_grad else lam_in + neg * (a_u - a_l)
         return [lam_in], batched_dot(neg, b_u)
+
+    def alpha_parameters(self, lower, upper, relaxation):
+        return origin_line_slopes(lower, upper, relaxation, 0.0)
+
+    def alpha_relaxation(self, relaxation, alpha):
+        return with_origin_slopes(relaxation, alpha, 0.0)
 
     def milp(self, model, ins, out, in_bounds) -> None:
         lo, hi = (b.reshape(-1) for b in in_bounds[0])
@@ -110,6 +117,12 @@ class LeakyReLU(ElementwiseOp):
     def relax(self, lower: torch.Tensor, upper: torch.Tensor):
         return leaky_relax(lower, upper, self.negative_slope)
 
+    def alpha_parameters(self, lower, upper, relaxation):
+        return origin_line_slopes(lower, upper, relaxation, self.negative_slope)
+
+    def alpha_relaxation(self, relaxation, alpha):
+        return with_origin_slopes(relaxation, alpha, self.negative_slope)
+
     def milp(self, model, ins, out, in_bounds) -> None:
         # leaky_relu(z, s) = z + (1 - s) relu(-z), for every s.
         z = ins[0].reshape(-1)
@@ -136,6 +149,30 @@ def leaky_relax(lower: torch.Tensor, upper: torch.Tensor, slope: float):
         a_l, b_l, a_u, b_u = chord_a, chord_b, origin, zero
     dt = lower.dtype
     return a_l.to(dt), b_l.to(dt), a_u.to(dt), b_u.to(dt)
+
+
+def origin_line_slopes(lower: torch.Tensor, upper: torch.Tensor, relaxation, slope: float):
+    """alpha-CROWN's free parameter of ``leaky_relu(x, slope)``: the slope of the relaxation's
+    line through the origin (the lower line for ``slope <= 1``, the upper one above), in
+    ``[min(slope, 1), max(slope, 1)]``; ``None`` when no neuron is unstable."""
+    unstable = (lower < 0) & (upper > 0)
+    if not bool(unstable.any()):
+        return None
+    a_l, _, a_u, _ = relaxation
+    init = a_l if slope <= 1 else a_u
+    lo, hi = min(slope, 1.0), max(slope, 1.0)
+    # Stable neurons: the range collapses to the exact slope, so Adam cannot move them.
+    lo_t = torch.where(unstable, torch.full_like(init, lo), init)
+    hi_t = torch.where(unstable, torch.full_like(init, hi), init)
+    return init, lo_t, hi_t
+
+
+def with_origin_slopes(relaxation, alpha: torch.Tensor, slope: float):
+    """The relaxation of ``leaky_relu(x, slope)`` whose origin line has slopes ``alpha``."""
+    a_l, b_l, a_u, b_u = relaxation
+    if slope <= 1:
+        return alpha, b_l, a_u, b_u
+    return a_l, b_l, alpha, b_u
 
 
 class _SShaped(ElementwiseOp):

@@ -124,6 +124,16 @@ class Op(ABC):
         shape ``in_shape``. ``None`` when the op is not an affine map that folds cheaply."""
         return None
 
+    def alpha_parameters(self, lower: torch.Tensor, upper: torch.Tensor, relaxation):
+        """alpha-CROWN: ``(init, lo, hi)``, each ``(N, *S)``, when the relaxation has a free
+        slope per neuron (admissible in ``[lo, hi]``, CROWN's choice ``init``); else ``None``."""
+        return None
+
+    def alpha_relaxation(self, relaxation, alpha: torch.Tensor):
+        """The relaxation with the free slopes set to ``alpha`` ``(N, K, *S)`` (one per box and
+        specification row): ``(a_l, b_l, a_u, b_u)`` whose entries may carry that row axis."""
+        raise NotImplementedError(f"{type(self).__name__} has no free slopes")
+
     def compose(self, inner: Op) -> Op | str | None:
         """A simpler op computing ``self(inner(x))`` from ``inner``'s input (e.g. two
         permutations, two reshapes), ``"identity"`` when the composition is the identity, or
@@ -319,11 +329,12 @@ class ElementwiseOp(Op):
 
     def backward(self, lam: torch.Tensor, relaxation=None):
         a_l, b_l, a_u, b_u = relaxation
+        a_l, a_u = per_row(a_l, lam), per_row(a_u, lam)
         # pos * a_l + neg * a_u == lam * a_l + neg * (a_u - a_l): two passes instead of five.
         neg = lam.clamp_max(0)
-        lam_in = lam * a_l.unsqueeze(1)
-        lam_in.addcmul_(neg, (a_u - a_l).unsqueeze(1))
-        const = batched_dot(lam, b_l) + batched_dot(neg, b_u - b_l)
+        lam_in = lam * a_l
+        lam_in = lam_in.addcmul_(neg, a_u - a_l) if not lam_in.requires_grad else lam_in + neg * (a_u - a_l)
+        const = row_dot(lam, b_l) + row_dot(neg, b_u - b_l)
         return [lam_in], const
 
     def local_forward(self, form, relaxation, out_shape):
@@ -361,6 +372,20 @@ def signed_combine(coef: torch.Tensor, x_pos: torch.Tensor, x_neg: torch.Tensor)
     if bool((coef <= 0).all()):
         return coef * x_neg
     return coef.clamp_min(0) * x_pos + coef.clamp_max(0) * x_neg
+
+
+def per_row(t: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """A relaxation tensor ``(N, *S)`` (shared by every row) or ``(N, K, *S)`` (alpha-CROWN's,
+    one per row) shaped to multiply multipliers ``lam`` ``(B, K, *S)``."""
+    return t if t.ndim == lam.ndim else t.unsqueeze(1)
+
+
+def row_dot(lam: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+    """``sum_s lam[b, k, s] * vec[b, (k,) s]`` -> ``(N, K)``: :func:`batched_dot` for shared
+    vectors, an elementwise product for per-row ones ``(N, K, *S)``."""
+    if vec.ndim == lam.ndim:
+        return (lam * vec).flatten(2).sum(dim=2)
+    return batched_dot(lam, vec)
 
 
 def batched_dot(lam: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
