@@ -154,8 +154,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--net", choices=[*NETS, "all"], default="all")
-    parser.add_argument("--methods", default="ibp,forward,backward,ibp+forward,ibp+forward+backward")
-    parser.add_argument("--cifar-methods", default="ibp,ibp+forward,backward")
+    parser.add_argument(
+        "--methods", default="ibp,crown-ibp,forward,backward,alpha-crown,ibp+forward,ibp+forward+backward"
+    )
+    parser.add_argument("--cifar-methods", default="ibp,crown-ibp,ibp+forward,backward")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--cifar-runs", type=int, default=1, help="runs per CIFAR method (slow on a CPU)")
     parser.add_argument("--batch-size", type=int, default=None, help="boxes per chunk (default: auto)")

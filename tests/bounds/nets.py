@@ -96,6 +96,17 @@ class TwoLinearBranches(nn.Module):
         return self.head(torch.add(self.a(h), torch.relu(self.b(h)), alpha=-2.0))
 
 
+class Gain(nn.Module):
+    """``x * gain``: brings pre-activations to the kinks of ReLU6."""
+
+    def __init__(self, gain: float) -> None:
+        super().__init__()
+        self.gain = gain
+
+    def forward(self, x):
+        return x * self.gain
+
+
 def _randomise_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:
     for m in model.modules():
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -182,6 +193,14 @@ def make(name: str, seed: int = 0) -> nn.Module:
         "exported_ops": ExportedOps,
         "branches_cat_pad": BranchesCatPad,
         "two_linear_branches": TwoLinearBranches,
+        "smooth_acts": lambda: nn.Sequential(
+            nn.Flatten(), nn.Linear(c * 36, 16), nn.GELU(), nn.Linear(16, 12), nn.SiLU(), nn.Linear(12, 10),
+            nn.Softplus(2.0, 3.0), nn.Linear(10, 4),
+        ),
+        "clamp_acts": lambda: nn.Sequential(
+            nn.Conv2d(c, 4, 3, padding=1), nn.Hardtanh(-0.2, 0.3), nn.Conv2d(4, 4, 3, stride=2),
+            Gain(8.0), nn.ReLU6(), nn.Flatten(), nn.Linear(4 * 2 * 2, 5),
+        ),
     }
     model = builders[name]()
     return _randomise_bn(model, gen).eval()
@@ -202,6 +221,8 @@ ALL = [
     "exported_ops",
     "branches_cat_pad",
     "two_linear_branches",
+    "smooth_acts",
+    "clamp_acts",
 ]
 METHODS = [
     "ibp",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 
 import pytest
 import torch
@@ -55,7 +56,7 @@ CASES = [
 @pytest.mark.parametrize(("norm", "variant"), CASES)
 def test_sampled_outputs_inside_bounds(arch, norm, variant):
     model = make(arch, seed=ALL.index(arch))
-    ball = _random_ball(norm, variant, seed=hash((arch, norm, variant)) % 1000)
+    ball = _random_ball(norm, variant, seed=zlib.crc32(repr((arch, norm, variant)).encode()) % 1000)
     assert_sound(model, ball, METHODS)
 
 

@@ -91,3 +91,42 @@ def test_stable_neuron_skipping_matches_full_crown(monkeypatch):
     assert fast_rows < slow_rows  # the fast path really skipped rows
     for a, b in zip(fast, slow, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["mlp_relu", "conv_maxpool", "residual", "leaky_extremes"])
+@pytest.mark.parametrize("method", ["ibp+backward", "ibp+forward+backward", "crown-ibp+backward", "ibp+alpha-crown"])
+def test_skipped_standalone_runs_change_nothing(monkeypatch, arch, method):
+    """A member whose standalone run is skipped (dominated) would have given nothing tighter:
+    the result equals the one with every standalone run made."""
+    from evax.bounds.propagate import Propagator
+
+    net = make(arch, seed=5)
+    gen = torch.Generator().manual_seed(2)
+    ball = evax.Ball(torch.rand(4, 2, 6, 6, generator=gen), 0.08, fixed=torch.rand(4, 2, 6, 6, generator=gen) < 0.2)
+    runs: list[frozenset] = []
+    original_init = Propagator.__init__
+
+    def counting(self, graph, inset, methods, *args, **kwargs):
+        runs.append(methods)
+        original_init(self, graph, inset, methods, *args, **kwargs)
+
+    monkeypatch.setattr(Propagator, "__init__", counting)
+    fast = evax.bound(net, ball, method)
+    fast_runs, runs[:] = len(runs), []
+    monkeypatch.setattr(Propagator, "dominated", lambda self, member: False)
+    full = evax.bound(net, ball, method)
+    assert fast_runs <= len(runs)
+    torch.testing.assert_close(fast.lower, full.lower, rtol=0, atol=0)
+    torch.testing.assert_close(fast.upper, full.upper, rtol=0, atol=0)
+
+
+def test_ibp_plus_backward_needs_no_standalone_run():
+    from evax.bounds.api import get_graph
+    from evax.bounds.propagate import Propagator
+
+    net = _relu_net(1)
+    ball = evax.Ball(torch.rand(6, 50), 0.05)
+    graph = get_graph(net, ball.shape, torch.device("cpu"), torch.float32)
+    prop = Propagator(graph, ball, frozenset({"ibp", "backward"}))
+    prop.run(None)
+    assert prop.dominated("backward")  # CROWN is intersected with the IBP chain: it always wins

@@ -105,11 +105,17 @@ def _run_combination(graph: Graph, inset: PerturbationSet, methods: frozenset[st
     never looser than any of its members. IBP's standalone run is skipped: interval arithmetic
     is inclusion-isotonic (every op's ``interval`` maps sub-intervals to sub-intervals), and the
     coupled run's IBP chain is intersected with the tighter bounds at every node, so its IBP
-    output is inside the standalone one.
+    output is inside the standalone one. A linear member's run is skipped too when the coupled
+    run's intermediate bounds were that member's own at every node
+    (:meth:`Propagator.dominated`): e.g. ``ibp+forward+backward`` on a net where forward and
+    IBP never beat CROWN on any neuron costs one coupled run plus forward's standalone run.
     """
-    lo, hi = Propagator(graph, inset, methods, alpha=alpha).run(spec)
+    coupled = Propagator(graph, inset, methods, alpha=alpha)
+    lo, hi = coupled.run(spec)
     if len(methods) > 1:
         for member in sorted(methods - {"ibp"}):
+            if coupled.dominated(member):
+                continue  # its standalone run would rebuild the coupled run's relaxations
             lo_m, hi_m = Propagator(graph, inset, frozenset({member}), alpha=alpha).run(spec)
             lo, hi = torch.maximum(lo, lo_m), torch.minimum(hi, hi_m)
     return lo, hi

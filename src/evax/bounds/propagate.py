@@ -115,6 +115,9 @@ class Propagator:
         out_methods = set(node_methods) | ({"backward"} if "crown-ibp" in methods else set())
         self.out_methods = frozenset(out_methods)  # what bounds the output
         self.alpha = (alpha or AlphaOptions()) if "alpha-crown" in methods else None
+        # Base passes whose own intermediate bounds have been the coupled run's at every node so
+        # far: a member run alone on them would rebuild the same relaxations (see dominated()).
+        self.alone: set[str] = set(self.methods)
         self.row_budget = row_budget
         self.best: dict[int, Interval] = {}
         self.ibp: dict[int, Interval] = {}
@@ -155,6 +158,19 @@ class Propagator:
                     self.ibp[i] = self.best[i]
             self._release_forms(i)
         return self._output_bounds(spec)
+
+    def dominated(self, member: str) -> bool:
+        """After :meth:`run`: whether ``member`` run on its own would give exactly the bound the
+        coupled run already holds for it (so its standalone run can be skipped).
+
+        A member's standalone intermediate bounds are its own candidate at every node (for
+        ``backward``: CROWN intersected with the IBP chain; ``crown-ibp``: the IBP chain). When
+        the coupled bounds equalled that candidate at every node, both runs relax every
+        nonlinearity identically, and the coupled run's output candidate of the member is the
+        standalone result.
+        """
+        base = {"crown-ibp": "ibp", "alpha-crown": "backward"}.get(member, member)
+        return base in self.alone
 
     def _interval(self, i: int) -> Interval:
         """IBP bounds of node ``i`` from its inputs' (``(N, *shape)`` each).
@@ -228,21 +244,27 @@ class Propagator:
             # and likewise below. So the linear passes are skipped here: these bounds are never
             # looser (downstream relaxations built on them may still, rarely, differ either way).
             return node.op.interval(*[self.best[j] for j in node.inputs])
-        cands: list[Interval] = []
+        cands: dict[str, Interval] = {}
         if "ibp" in self.methods:
-            cands.append(self.ibp[i])
+            cands["ibp"] = self.ibp[i]
         if "forward" in self.methods:
             lo, hi = self._concretize_form(self.forms[i])
-            cands.append((lo.view(shape), hi.view(shape)))
+            cands["forward"] = (lo.view(shape), hi.view(shape))
         if "backward" in self.methods:
             if i in self._input_linears and self._flat_radius is not None:
                 # An affine map of a box: interval arithmetic (the IBP chain, kept whenever
                 # backward runs) is already exact, and CROWN would only repeat it.
-                cands.append(self.ibp[i])
+                cands["backward"] = self.ibp[i]
             else:
-                ref = intersect(cands) if cands else self.ibp[i]
-                cands.append(self._backward_node(i, ref))
-        return intersect(cands)
+                # Seeded with the IBP chain only (what backward alone would compute), so that
+                # the coupled run can tell whether the other members changed anything.
+                cands["backward"] = self._backward_node(i, self.ibp[i])
+        best = intersect(list(cands.values()))
+        if len(cands) > 1:
+            for member, cand in cands.items():
+                if member in self.alone and not (torch.equal(best[0], cand[0]) and torch.equal(best[1], cand[1])):
+                    self.alone.discard(member)
+        return best
 
     def _backward_node(self, i: int, ref: Interval) -> Interval:
         """CROWN bounds of node ``i``'s neurons; ``ref`` are sound bounds already known."""
