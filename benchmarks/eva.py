@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--quick", action="store_true", help="one run, batches 1 and 8")
+    parser.add_argument("--out", type=Path, default=RESULTS / "eva.json")
     args = parser.parse_args()
     if args.quick:
         args.runs, args.batches = 1, [1, 8]
@@ -114,7 +115,7 @@ def main() -> None:
                 }
             )
             print(f"{method:<22}{batch:>6}{per_image:15.4f}{ref:16.4f}{ratio:7.2f}{tightness:12.3f}")
-    RESULTS.mkdir(exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     out = {
         "machine": {
             "platform": platform.platform(),
@@ -125,8 +126,8 @@ def main() -> None:
         "settings": {"model": "mnist-mlp", "eps": 0.5, "p": "inf", "grid": 12, "runs": args.runs},
         "rows": rows,
     }
-    (RESULTS / "eva.json").write_text(json.dumps(out, indent=2))
-    print(f"wrote {RESULTS / 'eva.json'}")
+    args.out.write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
