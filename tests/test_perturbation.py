@@ -26,6 +26,22 @@ def test_samples_lie_in_the_set(p):
     assert (norms >= ball.eps - 1e-5).float().mean() > 0.2
 
 
+@pytest.mark.parametrize("p", [math.inf, 2.0, 1.0])
+def test_samples_are_finite_when_the_generator_draws_zero(p, monkeypatch):
+    """torch.rand is [0, 1): an exact 0 (drawn about once in 2**24 float32 draws) must give a
+    point of the set, not NaN (-log(0) * 0 at a fixed variable)."""
+    x = torch.rand(2, 1, 3, 3)
+    fixed = torch.zeros(2, 1, 3, 3, dtype=torch.bool)
+    fixed[0, 0, 0] = True
+    ball = evax.Ball(x, 0.2, p=p, fixed=fixed)
+    real_rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.zeros_like(real_rand(*a, **k)))
+    pts = ball.sample(8, corners=0.0)
+    assert torch.isfinite(pts).all()
+    delta = (pts - x).flatten(2)
+    assert (torch.linalg.vector_norm(delta, ord=p, dim=2) <= 0.2 + 1e-6).all()
+
+
 def test_domain_clips_the_box():
     x = torch.tensor([[0.05, 0.5, 0.97]])
     lo, hi = evax.Ball(x, 0.1, domain=(0, 1)).interval()

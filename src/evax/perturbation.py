@@ -399,7 +399,8 @@ class Ball(PerturbationSet):
             radius = radius.view(n, -1, *([1] * (g.ndim - 2)))
             return self.center + eps * radius * self._fold(g) / norm
         # p = 1: exponential spacings give uniform points of the simplex; random signs.
-        e = -torch.log(torch.rand(shape, generator=generator, device=dev, dtype=dt)) * free
+        # -log1p(-u) with u in [0, 1) is finite (-log(u) is inf at u = 0, and inf * 0 is NaN).
+        e = -torch.log1p(-torch.rand(shape, generator=generator, device=dev, dtype=dt)) * free
         total = e.flatten(2).sum(dim=2).clamp_min(1e-12).view(n, -1, *([1] * (e.ndim - 2)))
         sign = torch.randint(0, 2, shape, generator=generator, device=dev).to(dt) * 2 - 1
         radius = torch.rand((n, self.batch_size), generator=generator, device=dev, dtype=dt)

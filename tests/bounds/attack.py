@@ -7,9 +7,12 @@ perturbation set; this module searches for them. Given a model, an :class:`evax.
 * ``-(C f(x))_k``  (trying to go below ``lower[n, k]``) and
 * ``+(C f(x))_k``  (trying to go above ``upper[n, k]``)
 
-for every box ``n`` and row ``k`` at once: the ``2 K`` objectives and ``R`` random restarts are
-replicas of the input batch, so one forward/backward pass per step serves them all (the model
-must be in eval mode, where replicas do not interact).
+for every box ``n`` and row ``k`` at once: the ``2 K`` objectives and ``R`` restarts are replicas
+of the input batch, so one forward/backward pass per step serves them all (the model must be in
+eval mode, where replicas do not interact). Each objective starts from the centre and from its
+``R - 1`` best points of a pool drawn by ``ball.sample`` (half of them extreme points: box
+corners, L1 vertices, points of the L2 sphere; every L1 vertex is added), screened with one
+forward pass.
 
 The feasible set of box ``n`` is, with ``delta = x - center``::
 
@@ -25,6 +28,7 @@ and :func:`project` is the exact Euclidean projection onto it:
   ``P_{K ∩ B} = P_B ∘ P_K`` for any closed convex cone ``K`` and ball ``B`` centred at its apex;
   for L1, the projection onto ``{w >= 0, sum w <= eps}`` is ``max(v - theta, 0)`` with the same
   ``theta >= 0`` as for ``max(v, 0)`` (``max(max(v, 0) - theta, 0) = max(v - theta, 0)``).
+  The result is then moved a few ulps towards the centre, so that rounding never leaves the ball.
 
 Steps are steepest ascent for the norm: ``sign(g)`` scaled by the box half-widths for
 ``p = inf``, ``g / ||g||_2`` for ``p = 2``, ``g / ||g||_inf`` for ``p = 1`` (the L1 projection
@@ -165,6 +169,17 @@ def _project_l1(v: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     return v.sign() * (v.abs() - theta).clamp_min(0)
 
 
+def _l1_vertices(ball: evax.Ball) -> torch.Tensor:
+    """The vertices ``center + s eps e_u`` of an L1 ball (free ``u``, signs ``s`` allowed by
+    the half ball), ``(V, N, *S)``; a fixed ``u`` gives the centre."""
+    n, d = ball.batch_size, math.prod(ball.shape)
+    eye = torch.eye(d, dtype=ball.center.dtype, device=ball.center.device)
+    signs = [ball.sign] if ball.sign else [1, -1]
+    directions = torch.cat([s * eye for s in signs]).unsqueeze(1)  # (V, 1, d)
+    delta = directions * (ball.eps.view(1, n, 1) * ball.free.reshape(1, n, d))
+    return (ball.center.reshape(1, n, d) + delta).reshape(-1, *ball.center.shape)
+
+
 def _spec_matrix(spec: torch.Tensor | None, n: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
     """``C`` as ``(N, K, n_out)``: the identity without spec, a shared ``(K, n_out)`` expanded."""
     if spec is None:
@@ -194,7 +209,8 @@ def search(
         spec: optional ``(N, K, n_out)`` or ``(K, n_out)`` matrix ``C`` (identity if ``None``).
         restarts: starting points per objective: the centre, then the ``restarts - 1`` best
             (for that objective) of ``candidates`` points drawn by ``ball.sample``, half of
-            them extreme points (box corners, L1 vertices, points of the L2 sphere).
+            them extreme points (box corners, L1 vertices, points of the L2 sphere), and of
+            every vertex of an L1 ball.
         steps: gradient steps per start; the step size decays from ``step_size`` (a fraction
             of ``eps``, or of the box half-widths for ``p = inf``) to 0 on a cosine schedule.
         generator: makes the starting points (hence the result) reproducible.
@@ -217,11 +233,13 @@ def search(
     c_obj = torch.cat([-c, c], dim=1).transpose(0, 1)  # (2K, N, n_out)
 
     # Starting points (R, 2K, N, d): the centre, then for each objective the best R - 1 of a
-    # pool of sampled points (half of them extreme points), screened by one forward pass.
+    # pool of sampled points (and L1 vertices), screened by one forward pass.
     with torch.no_grad():
         pool = ball.sample(max(candidates, restarts - 1), generator=generator, corners=0.5)
+        if ball.p == 1.0:  # every vertex: PGD rarely moves from one vertex to a better one
+            pool = torch.cat([pool, _l1_vertices(ball)])
         values = model(pool.reshape(-1, *shape)).reshape(pool.shape[0], n, n_out)
-        scores = torch.einsum("jno,pno->pjn", c_obj, values)  # (P, 2K, N)
+        scores = torch.einsum("jno,pno->pjn", c_obj, values).nan_to_num(nan=-torch.inf)  # (P, 2K, N)
         top = scores.topk(restarts - 1, dim=0).indices  # (R - 1, 2K, N)
         pool = pool.reshape(-1, 1, n, d).expand(-1, 2 * k, n, d)
         starts = pool.gather(0, top[..., None].expand(-1, -1, -1, d))
@@ -235,7 +253,7 @@ def search(
         out = model(x.reshape(-1, *shape)).reshape(restarts, 2 * k, n, n_out)
         objective = (out * c_obj).sum(-1)  # (R, 2K, N)
         with torch.no_grad():
-            value, which = objective.max(dim=0)
+            value, which = objective.nan_to_num(nan=-torch.inf).max(dim=0)
             better = value > best
             best = torch.where(better, value, best)
             found = x.gather(0, which[None, ..., None].expand(1, 2 * k, n, d))[0]
@@ -248,6 +266,8 @@ def search(
             x = geometry.ascent(x.reshape(-1, n, d), grad.reshape(-1, n, d), size)
             x = x.reshape(restarts, 2 * k, n, d)
 
+    if not torch.isfinite(best).all():
+        raise RuntimeError("the model gave no finite value for some objective: nothing was attacked")
     best_x = best_x.transpose(0, 1).reshape(n, 2 * k, *shape)
     return Extremes(
         lowest=-best[:k].T.contiguous(),
