@@ -24,3 +24,22 @@ __all__ = [
     "groups",
 ]
 __version__ = "0.1.0"
+
+# Sub-packages loaded on first use (``evax.zoo.load_model(...)`` after a plain ``import evax``)
+# so ``import evax`` stays as fast as the engine alone.
+_LAZY_MODULES = ("attribution", "bench", "metrics", "viz", "zoo")
+_LAZY_FUNCTIONS = {"load_model": "evax.zoo.loaders", "load_images": "evax.zoo.images"}
+
+
+def __getattr__(name: str):  # PEP 562
+    import importlib
+
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"evax.{name}")
+    if name in _LAZY_FUNCTIONS:
+        return getattr(importlib.import_module(_LAZY_FUNCTIONS[name]), name)
+    raise AttributeError(f"module 'evax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_MODULES) | set(_LAZY_FUNCTIONS))

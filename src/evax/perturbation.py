@@ -45,8 +45,13 @@ def _check_center(center: torch.Tensor) -> None:
             f"center needs a batch dimension (N, ...), got shape {tuple(center.shape)}; "
             "use center.unsqueeze(0) for a single input"
         )
+    if center.shape[0] == 0:
+        raise InvalidInputError("center is an empty batch (N = 0): pass at least one input")
     if not center.is_floating_point():
-        raise InvalidInputError(f"center must be a floating-point tensor, got {center.dtype}")
+        raise InvalidInputError(
+            f"center must be a floating-point tensor, got {center.dtype}; "
+            "convert images with x.float() / 255 (evax expects values in [0, 1])"
+        )
     if not torch.isfinite(center).all():
         raise InvalidInputError("center contains NaN or inf")
 
@@ -210,11 +215,15 @@ class Ball(PerturbationSet):
     def _check_eps(eps: float | torch.Tensor, center: torch.Tensor) -> torch.Tensor:
         n = center.shape[0]
         if isinstance(eps, torch.Tensor):
+            if eps.dtype == torch.bool or eps.is_complex():
+                raise InvalidInputError(f"eps must hold positive real numbers, got a {eps.dtype} tensor")
             e = eps.detach().to(device=center.device, dtype=center.dtype)
             if e.ndim == 0:
                 e = e.expand(n)
             if e.shape != (n,):
                 raise InvalidInputError(f"eps tensor must have shape ({n},), got {tuple(e.shape)}")
+        elif isinstance(eps, bool):
+            raise InvalidInputError(f"eps must be a positive number, got {eps!r}")
         else:
             try:
                 value = float(eps)

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from evax._checks import as_class_index
+from evax._checks import check_inputs as check_inputs
 from evax.errors import InvalidInputError
 
 TargetLike = int | Sequence[int] | torch.Tensor | None
@@ -24,33 +26,20 @@ def resolve_target(model: nn.Module, inputs: torch.Tensor, target: TargetLike) -
 
     ``None`` -> ``argmax model(inputs)``; an int or a one-element tensor/list -> that class for
     every input (Captum's ``sensitivity_max`` passes ``(1,)`` targets with ``N`` perturbed
-    copies of one image); otherwise one class per input. Raises :class:`InvalidInputError` for a wrong length or a
-    class index outside ``[0, n_classes)``.
+    copies of one image); otherwise one class per input. Raises :class:`InvalidInputError` for a wrong length, a
+    non-integer value (``3.9``, ``True``, a float tensor) or a class index outside ``[0, n_classes)``.
     """
+    check_inputs(inputs)
     n = inputs.shape[0]
     if target is None:
         with torch.no_grad():
             return model(inputs).argmax(dim=1)
-    t = torch.as_tensor(target, dtype=torch.long, device=inputs.device)
-    if t.numel() == 1 and t.ndim <= 1:
-        t = t.reshape(()).expand(n).clone()
-    if t.ndim != 1 or t.shape[0] != n:
-        raise InvalidInputError(f"target must be an int or have shape ({n},), got {tuple(t.shape)}")
+    t = as_class_index(target, n, inputs.device)
     with torch.no_grad():
         n_classes = model(inputs[:1]).shape[1]
     if (t < 0).any() or (t >= n_classes).any():
         raise InvalidInputError(f"target out of range [0, {n_classes}): {t.tolist()}")
     return t
-
-
-def check_inputs(inputs: torch.Tensor) -> None:
-    """Reject non-tensors, missing batch dimension and NaN/inf values."""
-    if not isinstance(inputs, torch.Tensor):
-        raise InvalidInputError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
-    if inputs.ndim < 2:
-        raise InvalidInputError(f"inputs need a batch dimension (N, ...), got {tuple(inputs.shape)}")
-    if not torch.isfinite(inputs).all():
-        raise InvalidInputError("inputs contain NaN or inf")
 
 
 def reduce_channels(attr: torch.Tensor, how: str = "sum") -> torch.Tensor:

@@ -196,7 +196,7 @@ class IntegratedGradients(CaptumAttribution):
         reduce: str = "sum",
     ) -> None:
         super().__init__(model, reduce)
-        if not isinstance(n_steps, int) or n_steps < 2:
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 2:
             raise InvalidInputError(f"n_steps must be an int >= 2, got {n_steps!r}")
         self.baseline, self.n_steps, self.method = baseline, n_steps, method
         self.internal_batch_size = internal_batch_size
@@ -243,7 +243,7 @@ class _NoiseTunnelGradient(CaptumAttribution):
         reduce: str = "sum",
     ) -> None:
         super().__init__(model, reduce)
-        if not isinstance(n_samples, int) or n_samples < 1:
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise InvalidInputError(f"n_samples must be a positive int, got {n_samples!r}")
         self.sigma = (
             float(sigma) if sigma is not None else float(noise_level) * (input_range[1] - input_range[0])

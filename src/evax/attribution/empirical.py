@@ -48,7 +48,7 @@ class _SamplingEVA(Attribution):
     def __init__(self, model, eps, p, n_samples, groups, domain, batch_size, seed, allow_overlap):
         super().__init__(model)
         Ball(torch.zeros(1, 1), eps, p)
-        if not isinstance(n_samples, int) or n_samples < 1:
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise InvalidInputError(f"n_samples must be a positive int, got {n_samples!r}")
         self.eps, self.p, self.n_samples, self.groups = eps, p, n_samples, groups
         self.domain, self.batch_size, self.seed = domain, batch_size or 4096, seed

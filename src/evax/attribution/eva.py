@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from evax import groups as groups_mod
+from evax._checks import as_class_index, check_int
 from evax._modes import eval_mode
 from evax.attribution.base import Attribution, TargetLike, check_inputs, resolve_target
 from evax.bounds.api import bound
@@ -119,10 +120,7 @@ def _norm_name(p: float) -> str:
 
 
 def _as_contrast(contrast: TargetLike, n: int, n_out: int, target: torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(contrast, dtype=torch.long, device=target.device)
-    t = t.expand(n).clone() if t.ndim == 0 else t
-    if t.shape != (n,):
-        raise InvalidInputError(f"contrast must be an int or have shape ({n},), got {tuple(t.shape)}")
+    t = as_class_index(contrast, n, target.device, name="contrast")
     if (t < 0).any() or (t >= n_out).any():
         raise InvalidInputError(f"contrast out of range [0, {n_out}): {t.tolist()}")
     if (t == target).any():
@@ -172,6 +170,7 @@ class EVA(Attribution):
         certify: bool = False,
     ) -> None:
         super().__init__(model)
+        check_int("batch_size", batch_size, minimum=1, optional=True)
         Ball(torch.zeros(1, 1), eps, p)  # validate eps and p now, with a clear error
         if method != "exact":
             parse_method(method)  # and the method

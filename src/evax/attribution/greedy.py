@@ -110,7 +110,7 @@ class _Greedy(Attribution):
         progress: bool | None,
     ) -> None:
         super().__init__(model)
-        if not isinstance(n_subsets, int) or n_subsets < 2:
+        if isinstance(n_subsets, bool) or not isinstance(n_subsets, int) or n_subsets < 2:
             raise InvalidInputError(f"n_subsets must be an int >= 2, got {n_subsets!r}")
         if not 0.0 < float(step_fraction) <= 1.0:
             raise InvalidInputError(f"step_fraction must be in (0, 1], got {step_fraction!r}")
@@ -263,7 +263,7 @@ class GreedyAS(_Greedy):
             "patience": patience,
             "batch_size": batch_size,
         }
-        if not isinstance(pgd_steps, int) or pgd_steps < 1:
+        if isinstance(pgd_steps, bool) or not isinstance(pgd_steps, int) or pgd_steps < 1:
             raise InvalidInputError(f"pgd_steps must be a positive int, got {pgd_steps!r}")
 
     def _params(self) -> dict:

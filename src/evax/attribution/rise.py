@@ -78,13 +78,13 @@ class RISE(Attribution):
         progress: bool | None = None,
     ) -> None:
         super().__init__(model)
-        if not isinstance(n_masks, int) or n_masks < 1:
+        if isinstance(n_masks, bool) or not isinstance(n_masks, int) or n_masks < 1:
             raise InvalidInputError(f"n_masks must be a positive int, got {n_masks!r}")
-        if not isinstance(grid, int) or grid < 1:
+        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
             raise InvalidInputError(f"grid must be a positive int, got {grid!r}")
         if not 0.0 < float(p) < 1.0:
             raise InvalidInputError(f"p must be in (0, 1), got {p!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
         self.n_masks, self.grid, self.p = n_masks, grid, float(p)
         self.score = score_function(activation)

@@ -213,9 +213,9 @@ def minimal_l2_distance(
     """
     if not start > 0 or not tol > 0:
         raise InvalidInputError(f"start and tol must be > 0, got start={start}, tol={tol}")
-    if not isinstance(restarts, int) or restarts < 1:
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
         raise InvalidInputError(f"restarts must be a positive int, got {restarts!r}")
-    if not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InvalidInputError(f"steps must be a positive int, got {steps!r}")
     m = x.shape[0]
     dev, dt = x.device, x.dtype

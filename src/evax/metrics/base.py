@@ -134,7 +134,7 @@ class Metric:
         progress: bool | None = None,
     ) -> None:
         check_inputs(inputs)
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
         self.model = model
         self.inputs = inputs.detach().clone()

@@ -76,7 +76,7 @@ class _CausalFidelity(Metric):
             raise InvalidInputError(f"max_fraction must be in (0, 1], got {max_fraction!r}")
         if steps is None:
             steps = max(1, round(v * max_fraction))
-        if not isinstance(steps, int) or steps < 1:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise InvalidInputError(f"steps must be a positive int or None, got {steps!r}")
         if tie_break not in ("random", "index"):
             raise InvalidInputError(f"tie_break must be 'random' or 'index', got {tie_break!r}")
@@ -162,7 +162,7 @@ class MuFidelity(Metric):
         super().__init__(model, inputs, targets, activation, groups, reduce, group_reduce, batch_size, seed, progress)
         if not 0.0 < float(subset_fraction) <= 1.0:
             raise InvalidInputError(f"subset_fraction must be in (0, 1], got {subset_fraction!r}")
-        if not isinstance(n_subsets, int) or n_subsets < 2:
+        if isinstance(n_subsets, bool) or not isinstance(n_subsets, int) or n_subsets < 2:
             raise InvalidInputError(f"n_subsets must be an int >= 2, got {n_subsets!r}")
         self.baseline = make_baseline(baseline, self.inputs, self.generator)
         n, v = self.inputs.shape[0], self.n_vars

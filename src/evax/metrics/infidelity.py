@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from evax._checks import as_class_index
 from evax._modes import eval_mode
 from evax.attribution._groups import score_function
 from evax.attribution.base import TargetLike, resolve_target
@@ -100,14 +101,7 @@ def resolve_targets(model: nn.Module | None, inputs: torch.Tensor, target: Targe
             "target=None needs the model to predict the class, and the explainer does not expose "
             "one: pass model=... or an explicit target"
         )
-    t = torch.as_tensor(target, dtype=torch.long, device=inputs.device)
-    if t.ndim == 0:
-        t = t.expand(inputs.shape[0]).clone()
-    if t.ndim != 1 or t.shape[0] != inputs.shape[0]:
-        raise InvalidInputError(
-            f"target must be an int or have shape ({inputs.shape[0]},), got {tuple(t.shape)}"
-        )
-    return t
+    return as_class_index(target, inputs.shape[0], inputs.device)
 
 
 def check_explanation(expl: Any, inputs: torch.Tensor, label: str = "explanations") -> torch.Tensor:

@@ -128,7 +128,7 @@ class RobustnessSr(Metric):
             else None
         )
         for name, val in (("steps", steps), ("restarts", restarts), ("max_iter", max_iter)):
-            if not isinstance(val, int) or val < 1:
+            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise InvalidInputError(f"{name} must be a positive int, got {val!r}")
         if not step_size > 0:
             raise InvalidInputError(f"step_size must be > 0, got {step_size!r}")
