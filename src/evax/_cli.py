@@ -61,6 +61,19 @@ def output_dir(path: Path, option: str = "--out") -> Path:
     return path
 
 
+def check_output_dir(path: Path, option: str = "--out") -> None:
+    """Fail early (before any work, creating nothing) when ``path`` is a file, or when the
+    existing folder nearest to it cannot be written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InvalidInputError(f"{option} {str(path)!r} is a file; pass a folder (it is created if missing)")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"{option} {str(path)!r} cannot be written ({str(probe)!r} is not writable)")
+
+
 def positive(value: int | None, option: str, minimum: int = 1) -> int | None:
     """``value`` unchanged when ``None`` or ``>= minimum``; else an error naming the option."""
     if value is not None and value < minimum:

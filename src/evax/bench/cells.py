@@ -68,7 +68,27 @@ def load_model(name: str, cache_dir: str | None = None, device: str = "cpu") -> 
     return zoo.load_model(name, progress=False).eval().to(device)
 
 
+@functools.lru_cache(maxsize=4)
+def load_user_model(spec_json: str, device: str = "cpu") -> nn.Module:
+    """A model of ``evax evaluate`` from its JSON spec (:func:`evax.zoo.loaders.load_model` kwargs)."""
+    from evax.zoo.loaders import load_model as load_any
+
+    spec = json.loads(spec_json)
+    return load_any(spec.pop("path_or_name"), **spec).model.to(device)
+
+
+@functools.lru_cache(maxsize=4)
+def load_user_images(spec_json: str):
+    """The images of ``evax evaluate`` from their JSON spec (:func:`evax.zoo.images.load_images` kwargs)."""
+    from evax.zoo.images import load_images
+
+    spec = json.loads(spec_json)
+    return load_images(spec.pop("spec"), tuple(spec.pop("input_shape")), **spec)
+
+
 def _model(cfg: dict) -> nn.Module:
+    if "user_model" in cfg:
+        return load_user_model(json.dumps(cfg["user_model"], sort_keys=True), cfg.get("device", "cpu"))
     return load_model(cfg["model"], cfg.get("cache_dir"), cfg.get("device", "cpu"))
 
 
@@ -194,7 +214,10 @@ class Explainer:
         return self.obj.attribute_raw(inputs, target)
 
     def map(self, inputs: torch.Tensor, target: Any = None) -> torch.Tensor:
-        raw = self.raw(inputs, target)
+        return self.map_of(self.raw(inputs, target))
+
+    def map_of(self, raw: torch.Tensor) -> torch.Tensor:
+        """The ``(N, H, W)`` map of a raw ``(N, C, H, W)`` explanation of this method."""
         if "cls" in self.spec and "times_input" not in self.spec and hasattr(self.obj, "explain"):
             return raw[:, 0]  # EVA-family: the map is shared by the channels
         return reduce_channels(raw, self.reduce) if raw.ndim == 4 else raw
@@ -261,7 +284,10 @@ def _todo(cell: Cell, rec: dict) -> list[str]:
 
 
 def _image(cell: Cell, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, int]:
-    data = load_data(cell.config["dataset"], cell.config.get("split", "test"))
+    if "user_images" in cell.config:
+        data = load_user_images(json.dumps(cell.config["user_images"], sort_keys=True))
+    else:
+        data = load_data(cell.config["dataset"], cell.config.get("split", "test"))
     x = data.images[cell.index : cell.index + 1].clone().to(cell.config.get("device", "cpu"))
     with torch.no_grad():
         pred = model(x).argmax(1)
@@ -450,7 +476,68 @@ def _targeted_cell(cell: Cell, rec: dict) -> None:
     rec["extra"]["ao"] = float(plain.ao[0])
 
 
+def _evaluate_cell(cell: Cell, rec: dict) -> None:
+    """``evax evaluate``: one method on one user image, the fidelity metrics (as
+    :func:`_attribution_cell`) and infidelity / max-sensitivity (as :func:`_infidelity_cell`)
+    of the same explanation (raw ``(1, C, H, W)`` kept for INFD, the map for the others)."""
+    cfg = cell.config
+    model = _model(cfg)
+    x, target, label = _image(cell, model)
+    rec["extra"].update(label=label, target=int(target[0]))
+    todo = _todo(cell, rec)
+    if not todo and "map" in rec["tensors"]:
+        return
+    explainer = Explainer(cfg["method"], model, cell.seed)
+    try:
+        if "raw" in rec["tensors"]:
+            raw = rec["tensors"]["raw"].to(x.device)
+        else:
+            t0 = time.perf_counter()
+            raw = explainer.raw(x, target).detach()
+            rec["values"]["seconds"] = time.perf_counter() - t0
+            rec["tensors"]["raw"] = raw.float().cpu()
+            rec["tensors"]["map"] = explainer.map_of(raw).detach().float().cpu()
+            ex = explainer.last_explanation
+            if ex is not None:
+                rec["extra"]["ao"] = [float(v) for v in ex.ao]
+                if ex.certified_robust is not None:
+                    rec["extra"]["certified_robust"] = [bool(v) for v in ex.certified_robust]
+    except Exception as exc:  # noqa: BLE001
+        msg, permanent = _describe(exc)
+        for m in [*todo, "seconds"]:
+            rec["errors"][m], rec["permanent"][m] = msg, permanent
+        return
+    phi = rec["tensors"]["map"].to(x.device)
+    groups = _grid(cell)
+    for name in todo:
+        mcfg = dict(cfg["metrics"][name])
+        try:
+            if name == "infidelity":
+                pert = _perturbation(mcfg.pop("perturbation"))
+                metric = metric_class("Infidelity")(model, pert, seed=cell.seed, progress=False, **mcfg)
+                rec["values"][name] = _finite(torch.as_tensor(metric(x, raw.to(x.dtype), target=target)).flatten()[0])
+            elif name == "sensitivity":
+                metric = metric_class("MaxSensitivity")(explainer.raw, model=model, seed=cell.seed, progress=False, **mcfg)
+                val = metric(x, target=target, explanations=raw.to(x.dtype))
+                rec["values"][name] = _finite(torch.as_tensor(val).flatten()[0])
+            else:
+                cls = metric_class(mcfg.pop("cls"))
+                metric = cls(model, x, target, groups=groups, seed=cell.seed, progress=False, **mcfg)
+                out = metric(phi, detailed=True)
+                score = out["auc"] if "auc" in out else out["scores"]
+                rec["values"][name] = _finite(torch.as_tensor(score).flatten()[0])
+                if "curves" in out:
+                    rec["extra"][f"{name}_curve"] = [float(v) for v in out["curves"][0]]
+                    rec["extra"][f"{name}_fractions"] = [float(v) for v in out["fractions"]]
+                if "capped" in out:
+                    rec["extra"][f"{name}_capped"] = int(torch.as_tensor(out["capped"]).sum())
+        except Exception as exc:  # noqa: BLE001
+            msg, permanent = _describe(exc)
+            rec["errors"][name], rec["permanent"][name] = msg, permanent
+
+
 _KINDS = {
+    "evaluate": _evaluate_cell,
     "attribution": _attribution_cell,
     "infidelity": _infidelity_cell,
     "sanity": _sanity_cell,

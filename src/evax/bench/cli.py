@@ -7,11 +7,13 @@ from typing import Annotated
 
 import typer
 
-from evax.errors import EvaxError, InvalidInputError
+from evax import _cli
+from evax.errors import InvalidInputError
 
 CHOICES = ("eva-table1", "eva-table2", "eva-table3", "infidelity-table1", "infidelity-table2", "targeted", "all")
 
 
+@_cli.clean_errors
 def bench(
     table: Annotated[str, typer.Argument(help="one of: " + ", ".join(CHOICES) + " (or 'report' to re-render)")],
     n: Annotated[int | None, typer.Option(help="images per setting (default: the table's stated n)")] = None,
@@ -35,28 +37,23 @@ def bench(
     from evax.bench.report import write_report
     from evax.bench.tables import TABLES, run_table
 
-    try:
-        if device.startswith("cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                raise InvalidInputError("--device cuda requested but no CUDA device is available")
-        if table != "report":
-            names = list(TABLES) if table == "all" else [table]
-            if table not in CHOICES:
-                raise InvalidInputError(f"unknown table {table!r}; choose one of {', '.join(CHOICES)} or 'report'")
-            for name in names:
-                df = run_table(name, n=n, out=out, settings=setting or None, workers=workers, address=address,
-                               device=device, seed=seed, quick=quick, offline=offline,
-                               methods=method or None, metrics=metric or None)
-                typer.echo(f"== {name} ==")
-                typer.echo(df.to_string(float_format=lambda v: f"{v:.4g}"))
-                errs = df.attrs.get("errors", {})
-                bad = {k: v for k, v in errs.items() if not str(v).startswith("n/a")}
-                if bad:
-                    typer.echo(f"{len(bad)} cell(s) with errors (see report.md)")
-        path = write_report(out)
-        typer.echo(f"wrote {path}")
-    except EvaxError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
+    _cli.positive(n, "--n")
+    _cli.positive(workers, "--workers")
+    device = _cli.device(device)
+    if table != "report" and table not in CHOICES:
+        raise InvalidInputError(f"unknown table {table!r}; choose one of {', '.join(CHOICES)} or 'report'")
+    _cli.output_dir(out)
+    if table != "report":
+        names = list(TABLES) if table == "all" else [table]
+        for name in names:
+            df = run_table(name, n=n, out=out, settings=setting or None, workers=workers, address=address,
+                           device=device, seed=seed, quick=quick, offline=offline,
+                           methods=method or None, metrics=metric or None)
+            typer.echo(f"== {name} ==")
+            typer.echo(df.to_string(float_format=lambda v: f"{v:.4g}"))
+            errs = df.attrs.get("errors", {})
+            bad = {k: v for k, v in errs.items() if not str(v).startswith("n/a")}
+            if bad:
+                typer.echo(f"{len(bad)} cell(s) with errors (see report.md)")
+    path = write_report(out)
+    typer.echo(f"wrote {path}")

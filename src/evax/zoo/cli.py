@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from evax import _cli
+from evax.errors import InvalidInputError
 from evax.zoo.datasets import DATASETS, load_dataset
 from evax.zoo.fetch import cache_dir
 from evax.zoo.registry import MODELS, load_model, registry_table
@@ -54,10 +56,17 @@ def list_datasets_cmd() -> None:
 
 
 @app.command("fetch")
+@_cli.clean_errors
 def fetch_cmd(
     names: Annotated[list[str], typer.Argument(help="model or dataset names")],
 ) -> None:
     """Download models' weights / datasets into the cache now (EVAX_CACHE)."""
+    unknown = [n for n in names if n not in MODELS and n not in DATASETS]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown model or dataset {', '.join(map(repr, unknown))}; models: {', '.join(MODELS)}; "
+            f"datasets: {', '.join(DATASETS)}"
+        )
     for name in names:
         if name in MODELS:
             load_model(name)
