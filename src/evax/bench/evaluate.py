@@ -87,7 +87,11 @@ def build_cells(model_spec: dict, images_spec: dict, n_images: int, cfg: Evaluat
         raise InvalidInputError(f"a method is listed twice: {cfg.methods}")
     if cfg.reference is not None and cfg.reference not in cfg.methods:
         raise InvalidInputError(f"--reference {cfg.reference!r} is not one of the methods {cfg.methods}")
-    methods, metrics = method_specs(cfg), metric_specs(cfg)
+    methods = method_specs(cfg)
+    metric_specs(cfg)  # validates the names
+    # every metric's spec is in the cell's configuration (and fingerprint), the run computes only
+    # the chosen ones: a later run with more metrics reuses the explanations and the metrics done
+    metrics = metric_specs(EvaluateConfig(metrics=list(METRICS), quick=cfg.quick))
     base = {"user_model": model_spec, "user_images": images_spec, "metrics": metrics, "grid": cfg.grid,
             "seed": cfg.seed, "device": device}
     return [
@@ -101,7 +105,8 @@ def run(model_spec: dict, images_spec: dict, n_images: int, cfg: EvaluateConfig,
         workers: int = 1, device: str = "cpu", progress: bool | None = None) -> tuple[list, dict, dict]:
     """Run (or resume) every cell; ``(cells, records, stats)``."""
     cells = build_cells(model_spec, images_spec, n_images, cfg, device)
-    opts = RunOptions(out=Path(out), workers=workers, device=device, seed=cfg.seed, progress=progress)
+    opts = RunOptions(out=Path(out), workers=workers, device=device, seed=cfg.seed, progress=progress,
+                      metrics=list(cfg.metrics))
     records, stats = run_cells(cells, opts, "evaluate")
     return cells, records, stats
 

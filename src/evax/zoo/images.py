@@ -107,10 +107,10 @@ def _from_array(path: Path, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch
             raise InvalidInputError(f"{path}: float images must lie in [0, 1] (got [{x.min():.3g}, {x.max():.3g}])")
     else:
         raise InvalidInputError(f"{path}: images must be uint8 or float, got {arr.dtype}")
-    if x.ndim == len(shape):  # one image
-        x = x.unsqueeze(0)
     if x.ndim == 3 and len(shape) == 3 and shape[0] == 1:
-        x = x.unsqueeze(1)
+        x = x.unsqueeze(1)  # (N, H, W) grey images
+    elif x.ndim == len(shape):  # one image
+        x = x.unsqueeze(0)
     if x.ndim == 4 and len(shape) == 3 and x.shape[1] != shape[0] and x.shape[3] == shape[0]:
         x = x.permute(0, 3, 1, 2)  # NHWC -> NCHW
     if x.ndim != len(shape) + 1 or x.shape[0] == 0:

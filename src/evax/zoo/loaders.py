@@ -290,9 +290,9 @@ def _check_runs(model: nn.Module, shape: tuple[int, ...], spec: str) -> int:
                 out = model(torch.zeros(n, *shape))
         except Exception as exc:  # noqa: BLE001 - whatever the user's model raises
             extra = (
-                " (a torch.export program must be exported with a dynamic batch: "
+                " (was the torch.export program exported with a dynamic batch? "
                 "dynamic_shapes={'x': {0: torch.export.Dim('batch')}})"
-                if n == 3 and Path(spec).suffix == ".pt2"
+                if Path(spec).suffix == ".pt2"
                 else ""
             )
             raise InvalidInputError(f"{spec} fails on inputs of shape {(n, *shape)}: {exc}{extra}") from exc
