@@ -70,3 +70,188 @@ def test_bad_inputs_give_clear_errors(tmp_path):
 def test_zoo_list_is_mounted():
     result = runner.invoke(app, ["zoo", "list"])
     assert result.exit_code == 0 and "mnist-mlp" in result.output
+
+
+# ---------------------------------------------------------------- every bad input: one line, exit 2
+def _fails(args, match):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert match in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_out_is_a_file(tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    _fails(["explain", "--out", str(f)], "is a file")
+    _fails(["evaluate", "--out", str(f)], "is a file")
+    _fails(["bench", "eva-table1", "--out", str(f)], "is a file")
+
+
+def test_out_unwritable():
+    _fails(["explain", "--method", "ibp", "--out", "/proc/evax-out"], "cannot be written")
+    _fails(["bench", "eva-table1", "--out", "/proc/evax-out"], "cannot be written")
+    _fails(["evaluate", "--out", "/proc/evax-out"], "cannot be written")
+
+
+def test_n_zero(tmp_path):
+    _fails(["explain", "--n", "0", "--out", str(tmp_path)], "--n must be >= 1")
+    _fails(["bench", "eva-table1", "--n", "0", "--out", str(tmp_path)], "--n must be >= 1")
+    _fails(["evaluate", "--n", "0", "--out", str(tmp_path)], "--n must be >= 1")
+
+
+def test_unknown_device(tmp_path):
+    _fails(["explain", "--device", "tpu", "--out", str(tmp_path)], "unknown --device 'tpu'")
+    _fails(["bench", "eva-table1", "--device", "tpu", "--out", str(tmp_path)], "unknown --device")
+
+
+def test_zoo_fetch_unknown():
+    _fails(["zoo", "fetch", "nope"], "unknown model or dataset 'nope'")
+
+
+def test_bad_input_creates_nothing(tmp_path):
+    out = tmp_path / "never"
+    _fails(["explain", "--model", "nope", "--out", str(out)], "not a zoo name")
+    _fails(["evaluate", "--metric", "nope", "--out", str(out)], "unknown metric")
+    _fails(["evaluate", "--method", "Nope", "--out", str(out)], "unknown method 'Nope'")
+    _fails(["evaluate", "--method", "Saliency", "--reference", "EVA", "--out", str(out)], "--reference 'EVA'")
+    assert not out.exists()
+
+
+def test_model_file_errors(tmp_path):
+    _fails(["explain", "--model", str(tmp_path / "missing.onnx"), "--out", str(tmp_path)], "not a zoo name")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk")
+    _fails(["explain", "--model", str(junk), "--input-shape", "1,28,28", "--out", str(tmp_path)], "neither ONNX")
+    _fails(["explain", "--images", str(tmp_path / "none"), "--method", "ibp", "--out", str(tmp_path)],
+           "no images found")
+
+
+# ---------------------------------------------------------------- evax evaluate: numbers = the Python API's
+def test_evaluate_numbers_equal_the_api(tmp_path):
+    import csv
+
+    import torch
+
+    from evax.attribution import Saliency
+    from evax.groups import grid
+    from evax.metrics import Deletion, Insertion
+    from evax.zoo import default_samples, load_model
+
+    out = tmp_path / "ev"
+    args = ["evaluate", "--n", "2", "--method", "Saliency", "--method", "EVA", "--bound-method", "ibp",
+            "--metric", "deletion", "--metric", "insertion", "--quick", "--seed", "3", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for f in ("report.md", "report.html", "table.md", "table.csv", "results.csv", "heatmaps.png", "curves.png"):
+        assert (out / f).stat().st_size > 100, f
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 4
+    model = load_model("mnist-mlp")
+    x, _, _ = default_samples()
+    by = {(r["method"], int(r["image"])): r for r in rows}
+    for i in range(2):
+        xi = x[i : i + 1]
+        target = model(xi).argmax(1)
+        phi = Saliency(model).attribute(xi, target)
+        for name, cls in (("deletion", Deletion), ("insertion", Insertion)):
+            metric = cls(model, xi, target, groups=grid(12), seed=3 + i, progress=False, baseline="uniform")
+            want = float(metric(phi, detailed=True)["auc"][0])
+            assert abs(float(by[("Saliency", i)][name]) - want) < 1e-6
+    # the summary: mean and paired difference to the reference (EVA) from the per-image values
+    table = {(r["method"], r["metric"]): r for r in csv.DictReader((out / "table.csv").open())}
+    sal = torch.tensor([float(by[("Saliency", i)]["deletion"]) for i in range(2)], dtype=torch.float64)
+    eva = torch.tensor([float(by[("EVA", i)]["deletion"]) for i in range(2)], dtype=torch.float64)
+    assert abs(float(table[("Saliency", "deletion")]["mean"]) - float(sal.mean())) < 1e-9
+    assert abs(float(table[("Saliency", "deletion")]["diff"]) - float((sal - eva).mean())) < 1e-9
+    assert abs(float(table[("Saliency", "deletion")]["diff_se"]) - float((sal - eva).std() / 2**0.5)) < 1e-9
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Saliency" in html and "uniform" in html
+    # a rerun reuses every cell
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "cells: 0 computed, 4 from the cache" in (out / "report.md").read_text()
+
+
+# ---------------------------------------------------------------- end to end: a user's own model and images
+def _user_model_and_images(tmp_path):
+    """A tiny MLP trained a few steps on the shipped digits, exported three ways, and an
+    ImageFolder tree of PNGs of 6 digits."""
+    import torch
+    from PIL import Image
+    from torch import nn
+
+    from evax.zoo import load_dataset, to_onnx
+
+    data = load_dataset("mnist-samples")
+    g = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10))
+    for p in net.parameters():
+        p.data = torch.randn(p.shape, generator=g) * 0.05
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = nn.functional.cross_entropy(net(data.images), data.labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    x = data.images[:6]
+    files = {"onnx": to_onnx(net, tmp_path / "net.onnx", (1, 28, 28)), "pt2": tmp_path / "net.pt2",
+             "ts": tmp_path / "net.ts"}
+    ep = torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(ep, files["pt2"])
+    torch.jit.save(torch.jit.trace(net, x), files["ts"])
+    root = tmp_path / "imgs"
+    for i in range(6):
+        d = root / str(int(data.labels[i]))
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((x[i, 0].numpy() * 255).round().astype("uint8")).save(d / f"{i}.png")
+    (tmp_path / "classes.txt").write_text("\n".join(str(c) for c in range(10)))
+    return net, files, root
+
+
+def test_end_to_end_user_model(tmp_path):
+    import csv
+
+    import torch
+
+    from evax.attribution import EVA
+    from evax.groups import grid
+    from evax.zoo.images import load_images
+
+    net, files, root = _user_model_and_images(tmp_path)
+    images = load_images(root, (1, 28, 28))
+    # explain: ONNX model on the ImageFolder tree
+    out = tmp_path / "explain"
+    result = runner.invoke(app, ["explain", "--model", str(files["onnx"]), "--images", str(root), "--n", "2",
+                                 "--classes", str(tmp_path / "classes.txt"), "--method", "ibp", "--eps", "0.1",
+                                 "--grid", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "eva.json").read_text())
+    assert [r["name"] for r in data["images"]] == images.names[:2]
+    assert [r["label"] for r in data["images"]] == [int(images.classes[v]) for v in images.labels[:2]]
+    want = EVA(net, eps=0.1, method="ibp", groups=grid(4)).explain(images.images[:1])
+    assert np.allclose(data["images"][0]["scores"], want.scores[0].tolist(), atol=1e-4)
+    # evaluate: the torch.export model, two methods, metrics with small budgets
+    out = tmp_path / "evaluate"
+    result = runner.invoke(app, ["evaluate", "--model", str(files["pt2"]), "--input-shape", "1,28,28",
+                                 "--images", str(root), "--n", "3", "--method", "Saliency", "--method", "EVA",
+                                 "--bound-method", "ibp", "--eps", "0.1", "--grid", "4", "--metric", "deletion",
+                                 "--metric", "mufidelity", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 6 and all(r["deletion"] and r["mufidelity"] and not r["errors"] for r in rows)
+    assert [r["name"] for r in rows if r["method"] == "EVA"] == images.names[:3]
+    # TorchScript: gradient methods run, EVA is refused with what to do instead
+    out = tmp_path / "ts"
+    result = runner.invoke(app, ["evaluate", "--model", str(files["ts"]), "--input-shape", "1,28,28",
+                                 "--images", str(root), "--n", "2", "--grid", "4", "--method", "Saliency", "--metric",
+                                 "deletion", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ts_rows = list(csv.DictReader((out / "results.csv").open()))
+    sal_pt2 = [float(r["deletion"]) for r in rows if r["method"] == "Saliency"][:2]
+    assert np.allclose([float(r["deletion"]) for r in ts_rows], sal_pt2, atol=1e-5)
+    _fails(["evaluate", "--model", str(files["ts"]), "--input-shape", "1,28,28", "--images", str(root),
+            "--method", "EVA", "--out", str(out)], "torch.export.save")
+    assert torch.isfinite(torch.tensor([float(r["deletion"]) for r in ts_rows])).all()
