@@ -41,8 +41,8 @@ from evax.zoo.deps import MissingDependencyError
 from evax.zoo.layers import ChannelsLast
 
 _INSTALL = (
-    "pip install onnx && pip install --no-deps onnx2torch (--no-deps keeps pip from pulling a "
-    "torchvision that may replace your torch)"
+    "pip install torch==<your torch version> 'evax[zoo]' (naming your torch keeps pip from "
+    "replacing it with the one another torchvision wants)"
 )
 
 
