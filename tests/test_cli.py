@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from evax.cli import app
@@ -255,3 +256,17 @@ def test_end_to_end_user_model(tmp_path):
     _fails(["evaluate", "--model", str(files["ts"]), "--input-shape", "1,28,28", "--images", str(root),
             "--method", "EVA", "--out", str(out)], "torch.export.save")
     assert torch.isfinite(torch.tensor([float(r["deletion"]) for r in ts_rows])).all()
+
+
+@pytest.mark.slow
+def test_evaluate_over_ray_equals_in_process(tmp_path):
+    pytest.importorskip("ray")
+    import csv
+
+    base = ["evaluate", "--n", "2", "--method", "Saliency", "--method", "GradInput", "--metric", "deletion",
+            "--quick"]
+    for name, extra in (("local", []), ("ray", ["--workers", "2"])):
+        result = runner.invoke(app, [*base, *extra, "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    local, ray = (list(csv.DictReader((tmp_path / d / "results.csv").open())) for d in ("local", "ray"))
+    assert [r["deletion"] for r in local] == [r["deletion"] for r in ray]

@@ -229,8 +229,12 @@ def evaluate(
     if any(m in ("EVA", "GreedyAO", "Greedy-AO") for m in cfg.methods):
         EVA(torch.nn.Identity(), eps=eps, method=bound_method)  # validate eps / bound method now
     ev.build_cells({}, {}, 1, cfg)  # validates methods, metrics, reference before any work
-    model_spec = {"path_or_name": model, "input_shape": input_shape, "weights": None if weights is None else str(weights),
-                  "mean": mean, "std": std, "classes": None if classes is None else str(classes), "layout": layout}
+    def _abs(p: Path | None) -> str | None:  # Ray workers do not share the working directory
+        return None if p is None else str(Path(p).expanduser().resolve())
+
+    model_path = Path(model).expanduser()
+    model_spec = {"path_or_name": _abs(model_path) if model_path.is_file() else model, "input_shape": input_shape,
+                  "weights": _abs(weights), "mean": mean, "std": std, "classes": _abs(classes), "layout": layout}
     net, info = load_any(**model_spec)
     needs = ev.bound_methods(cfg.methods)
     if needs:
@@ -240,8 +244,7 @@ def evaluate(
         from evax.zoo.images import load_images
 
         images_spec = {"spec": str(Path(images).expanduser().resolve()) if Path(images).exists() else images,
-                       "input_shape": list(info.input_shape), "labels": None if labels is None else str(labels),
-                       "limit": n}
+                       "input_shape": list(info.input_shape), "labels": _abs(labels), "limit": n}
         loaded = load_images(images_spec["spec"], info.input_shape, labels=images_spec["labels"], limit=n)
         x, names = loaded.images, loaded.names
     else:

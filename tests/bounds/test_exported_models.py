@@ -36,7 +36,7 @@ MODELS = list(TORCH_MODELS) + list(KERAS_MODELS)
 
 @pytest.fixture
 def onnx_stack() -> None:
-    """Skip when onnx2torch is not installed (it is in the `zoo` extra, installed --no-deps)."""
+    """Skip when onnx2torch is not installed (it is in the `zoo` extra)."""
     from evax.zoo import MissingDependencyError
     from evax.zoo.onnx_io import _import_onnx2torch
 

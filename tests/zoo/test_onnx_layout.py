@@ -37,7 +37,7 @@ from zoo.onnx_graphs import (  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def onnx_stack() -> None:
-    """Skip when onnx2torch is not installed (it is in the `zoo` extra, installed --no-deps)."""
+    """Skip when onnx2torch is not installed (it is in the `zoo` extra)."""
     from evax.zoo import MissingDependencyError
     from evax.zoo.onnx_io import _import_onnx2torch
 
