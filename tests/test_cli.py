@@ -270,3 +270,30 @@ def test_evaluate_over_ray_equals_in_process(tmp_path):
         assert result.exit_code == 0, result.output
     local, ray = (list(csv.DictReader((tmp_path / d / "results.csv").open())) for d in ("local", "ray"))
     assert [r["deletion"] for r in local] == [r["deletion"] for r in ray]
+
+
+def test_evaluate_infidelity_and_sensitivity_equal_the_api(tmp_path):
+    import csv
+
+    from evax.attribution import Saliency
+    from evax.metrics import Infidelity, MaxSensitivity
+    from evax.metrics.perturbations import NoisyBaseline
+    from evax.zoo import default_samples, load_model
+
+    out = tmp_path / "ev"
+    result = runner.invoke(app, ["evaluate", "--n", "1", "--method", "Saliency", "--metric", "infidelity",
+                                 "--metric", "sensitivity", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    (row,) = csv.DictReader((out / "results.csv").open())
+    model = load_model("mnist-mlp")
+    x = default_samples().images[:1]
+    target = model(x).argmax(1)
+    sal = Saliency(model)
+    raw = sal.attribute_raw(x, target)
+    pert = NoisyBaseline(sigma=0.2, baseline=0.0, clip=(0.0, 1.0))
+    infd = Infidelity(model, pert, seed=0, progress=False, n_samples=64)(x, raw, target=target)
+    sens = MaxSensitivity(sal.attribute_raw, model=model, seed=0, progress=False, radius=0.2, n_samples=3)(
+        x, target=target, explanations=raw
+    )
+    assert abs(float(row["infidelity"]) - float(infd[0])) < 1e-6 * max(1.0, abs(float(infd[0])))
+    assert abs(float(row["sensitivity"]) - float(sens[0])) < 1e-6 * max(1.0, abs(float(sens[0])))
