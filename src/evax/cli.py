@@ -269,11 +269,12 @@ def evaluate(
     curves = rep.curves_figure(out / "curves.png", cells, records, cfg.methods)
     if curves is not None:
         figures.append(curves)
+    method_settings, metric_settings = ev.full_settings(cfg)
     settings = {
         "model": f"{model} ({info.source}, input {info.input_shape}, {info.num_classes} classes)",
         "images": f"{images or dataset} ({x.shape[0]} images)",
-        "methods": ", ".join(f"{k} {json.dumps(v)}" for k, v in ev.method_specs(cfg).items()),
-        "metrics": ", ".join(f"{k} {json.dumps(v)}" for k, v in ev.metric_specs(cfg).items()),
+        **{f"method {k}": json.dumps(v, default=str) for k, v in method_settings.items()},
+        **{f"metric {k}": json.dumps(v, default=str) for k, v in metric_settings.items()},
         "variables": f"{grid}x{grid} grid of cells (EVA groups and the metrics' variables)",
         "score": "softmax of the explained class (the model's prediction)",
         "reference": cfg.reference, "seed": f"{seed} (image i uses seed + i)",

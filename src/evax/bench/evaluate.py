@@ -114,3 +114,41 @@ def run(model_spec: dict, images_spec: dict, n_images: int, cfg: EvaluateConfig,
 def bound_methods(methods: list[str]) -> list[str]:
     """The methods that need the bound engine (refused for a TorchScript model)."""
     return [m for m in methods if m in _BOUND_METHODS]
+
+
+_NOT_SETTINGS = {"self", "model", "inputs", "targets", "target", "explainer", "perturbation", "progress", "seed",
+                 "groups", "kwargs", "args"}
+
+
+def _defaults(cls_name: str) -> dict:
+    import inspect
+
+    from evax.bench.components import method_class, metric_class
+
+    try:
+        cls = metric_class(cls_name)
+    except Exception:  # noqa: BLE001 - not a metric: a method
+        cls = method_class(cls_name)
+    out = {}
+    for name, p in inspect.signature(cls).parameters.items():
+        if name in _NOT_SETTINGS or p.default is inspect.Parameter.empty:
+            continue
+        out[name] = p.default if isinstance(p.default, (int, float, str, bool, type(None))) else repr(p.default)
+    return out
+
+
+def full_settings(cfg: EvaluateConfig) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Every hyper-parameter of every method and metric that runs: the class defaults overlaid
+    with the specs (what the report prints)."""
+    methods = {}
+    for name, spec in method_specs(cfg).items():
+        cls = spec.get("cls")
+        methods[name] = {**(_defaults(cls) if cls else {}), **spec.get("kwargs", {})}
+        if "groups_grid" in spec:
+            methods[name]["groups"] = f"grid({spec['groups_grid']})"
+    metrics = {}
+    for name, spec in metric_specs(cfg).items():
+        spec = dict(spec)
+        cls = spec.pop("cls", {"infidelity": "Infidelity", "sensitivity": "MaxSensitivity"}.get(name))
+        metrics[name] = {"class": cls, **_defaults(cls), **spec}
+    return methods, metrics
