@@ -297,3 +297,34 @@ def test_evaluate_infidelity_and_sensitivity_equal_the_api(tmp_path):
     )
     assert abs(float(row["infidelity"]) - float(infd[0])) < 1e-6 * max(1.0, abs(float(infd[0])))
     assert abs(float(row["sensitivity"]) - float(sens[0])) < 1e-6 * max(1.0, abs(float(sens[0])))
+
+
+def test_explain_factory_with_weights_and_normalisation(tmp_path, monkeypatch):
+    import torch
+
+    from evax.attribution import EVA
+    from evax.groups import grid
+    from evax.zoo import default_samples
+    from evax.zoo.layers import Normalize
+
+    (tmp_path / "usernet16.py").write_text(
+        "from torch import nn\n\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, 12), nn.ReLU(), nn.Linear(12, 10))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import usernet16
+
+    net = usernet16.build().eval()
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["explain", "--model", "usernet16:build", "--weights", str(tmp_path / "w.pt"),
+                                 "--input-shape", "1,28,28", "--mean", "0.13", "--std", "0.31", "--n", "1",
+                                 "--method", "ibp", "--eps", "0.05", "--grid", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "eva.json").read_text())
+    assert data["config"]["model_info"]["normalization"] == [[0.13], [0.31]]
+    ref = torch.nn.Sequential(Normalize([0.13], [0.31]), net).eval()
+    want = EVA(ref, eps=0.05, method="ibp", groups=grid(4)).explain(default_samples().images[:1])
+    assert np.allclose(data["images"][0]["scores"], want.scores[0].tolist(), rtol=1e-5, atol=1e-6)
+    assert abs(data["images"][0]["ao"] - float(want.ao[0])) < 1e-5
