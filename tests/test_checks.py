@@ -114,7 +114,10 @@ def test_integer_targets_still_accepted(net):
     b = METHODS["Saliency"](net).attribute(X, target=[1, 1])
     c = METHODS["Saliency"](net).attribute(X, target=torch.tensor([1, 1]))
     d = METHODS["Saliency"](net).attribute(X, target=np.int64(1))
-    assert torch.equal(a, b) and torch.equal(a, c) and torch.equal(a, d)
+    e = METHODS["Saliency"](net).attribute(X, target=np.array([1, 1]))
+    assert torch.equal(a, b) and torch.equal(a, c) and torch.equal(a, d) and torch.equal(a, e)
+    with pytest.raises(InvalidInputError, match="integer class indices"):
+        METHODS["Saliency"](net).attribute(X, target=np.array([1.5, 1.0]))
 
 
 def test_lazy_subpackages():

@@ -70,6 +70,8 @@ def as_class_index(
 ) -> torch.Tensor:
     """Class indices as int64 ``(N,)`` on ``device``: an int (or one-element list/tensor) for every
     input, or one per input. Refuses bools and non-integer values rather than truncating them."""
+    if not isinstance(value, (torch.Tensor, list, tuple)) and hasattr(value, "__array__") and getattr(value, "ndim", 0):
+        value = torch.as_tensor(value)  # numpy arrays: checked as tensors
     if isinstance(value, torch.Tensor):
         if value.dtype == torch.bool or value.is_floating_point() or value.is_complex():
             raise InvalidInputError(f"{name} must hold integer class indices, got a {value.dtype} tensor")
