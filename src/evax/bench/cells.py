@@ -285,7 +285,8 @@ def _todo(cell: Cell, rec: dict) -> list[str]:
 
 def _image(cell: Cell, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, int]:
     if "user_images" in cell.config:
-        data = load_user_images(json.dumps(cell.config["user_images"], sort_keys=True))
+        spec = {**cell.config["user_images"], "limit": cell.config.get("images_limit")}
+        data = load_user_images(json.dumps(spec, sort_keys=True))
     else:
         data = load_data(cell.config["dataset"], cell.config.get("split", "test"))
     x = data.images[cell.index : cell.index + 1].clone().to(cell.config.get("device", "cpu"))

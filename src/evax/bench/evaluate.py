@@ -92,8 +92,10 @@ def build_cells(model_spec: dict, images_spec: dict, n_images: int, cfg: Evaluat
     # every metric's spec is in the cell's configuration (and fingerprint), the run computes only
     # the chosen ones: a later run with more metrics reuses the explanations and the metrics done
     metrics = metric_specs(EvaluateConfig(metrics=list(METRICS), quick=cfg.quick))
-    base = {"user_model": model_spec, "user_images": images_spec, "metrics": metrics, "grid": cfg.grid,
-            "seed": cfg.seed, "device": device}
+    images_spec = dict(images_spec)
+    limit = images_spec.pop("limit", None)
+    base = {"user_model": model_spec, "user_images": images_spec, "images_limit": limit, "metrics": metrics,
+            "grid": cfg.grid, "seed": cfg.seed, "device": device}
     return [
         cells_mod.Cell("evaluate", "user", name, i, "evaluate", {**base, "method": spec})
         for name, spec in methods.items()

@@ -179,8 +179,9 @@ def run_cells(cells: list[cells_mod.Cell], opts: RunOptions, desc: str) -> tuple
     _restrict_metrics(cells, opts.metrics)
     for c in cells:
         # the device and the cache folder are left out: a run on another device, or a moved
-        # output folder, reuses the cells (same maths)
-        cfg = {k: v for k, v in c.config.items() if k not in ("device", "cache_dir")}
+        # output folder, reuses the cells (same maths); so is how many user images are read
+        # (evax evaluate --n): a cell's image is the same whatever the count
+        cfg = {k: v for k, v in c.config.items() if k not in ("device", "cache_dir", "images_limit")}
         fp = fingerprint({"kind": c.kind, "config": cfg, "index": c.index})
         fps[c.key] = fp
         prior = cache.get(c.key, fp)
