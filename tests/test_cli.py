@@ -328,3 +328,14 @@ def test_explain_factory_with_weights_and_normalisation(tmp_path, monkeypatch):
     want = EVA(ref, eps=0.05, method="ibp", groups=grid(4)).explain(default_samples().images[:1])
     assert np.allclose(data["images"][0]["scores"], want.scores[0].tolist(), rtol=1e-5, atol=1e-6)
     assert abs(data["images"][0]["ao"] - float(want.ao[0])) < 1e-5
+
+
+def test_evaluate_rerun_with_more_images_and_metrics_reuses_cells(tmp_path):
+    base = ["evaluate", "--method", "Saliency", "--quick", "--out", str(tmp_path)]
+    assert runner.invoke(app, [*base, "--n", "1", "--metric", "deletion"]).exit_code == 0
+    assert "1 computed, 0 from the cache" in (tmp_path / "report.md").read_text()
+    assert runner.invoke(app, [*base, "--n", "2", "--metric", "deletion"]).exit_code == 0
+    assert "1 computed, 1 from the cache" in (tmp_path / "report.md").read_text()
+    assert runner.invoke(app, [*base, "--n", "2", "--metric", "deletion", "--metric", "insertion"]).exit_code == 0
+    text = (tmp_path / "table.md").read_text()
+    assert "insertion" in text and "error" not in text
