@@ -6,6 +6,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -146,3 +147,26 @@ def test_bad_files(tmp_path: Path, factory_module):
     torch.save({"x": torch.zeros(2)}, tmp_path / "bad.pt")
     with pytest.raises(InvalidInputError, match="do not fit"):
         load_model("evax_test_factory16:small_cnn", input_shape="1,8,8", weights=tmp_path / "bad.pt")
+
+
+def test_nhwc_onnx_with_normalisation(tmp_path: Path):
+    onnx = pytest.importorskip("onnx")
+    from evax.zoo import MissingDependencyError
+    from evax.zoo.onnx_io import _import_onnx2torch
+
+    try:
+        _import_onnx2torch()
+    except MissingDependencyError as exc:
+        pytest.skip(str(exc))
+    from zoo.onnx_graphs import keras_mlp
+
+    proto, w = keras_mlp((8, 8, 1), hidden=6, classes=3)
+    onnx.save(proto, tmp_path / "keras.onnx")
+    model, info = load_model(tmp_path / "keras.onnx", mean="0.5", std="0.2")
+    assert info.source == "onnx" and info.input_shape == (1, 8, 8) and info.num_classes == 3
+    # the NCHW input, normalised, then read in NHWC order by the Keras graph
+    z = ((X - 0.5) / 0.2).permute(0, 2, 3, 1).reshape(3, -1).numpy()
+    want = torch.from_numpy(np.maximum(z @ w["W1"] + w["b1"], 0) @ w["W2"] + w["b2"])
+    assert torch.allclose(model(X), want, atol=1e-5)
+    b = evax.bound(model, evax.Ball(X, eps=0.01), method="ibp+forward+backward")
+    assert (b.lower <= want + 1e-4).all() and (want <= b.upper + 1e-4).all()
