@@ -136,3 +136,35 @@ def test_method_aliases(alias):
     net = _mlp(0)
     b = evax.bound(net, evax.Ball(torch.rand(2, 12), 0.1), alias)
     assert b.lower.shape == (2, 5)
+
+
+SIDE_CASES = [
+    (arch, method)
+    for arch in ("mlp_relu", "conv_maxpool")
+    for method in ("ibp", "backward", "crown-ibp", "alpha-crown", "ibp+forward+backward")
+] + [("mlp_relu", "exact")]  # MILP: the small net only
+
+
+@pytest.mark.parametrize(("arch", "method"), SIDE_CASES)
+def test_one_side_is_the_same_side_of_both(arch, method):
+    """``side="upper"`` / ``"lower"`` give exactly that side of ``side="both"``; the other side
+    is infinite, so nobody reads it as a bound."""
+    model = make(arch, seed=3)
+    x = torch.rand((1 if method == "exact" else 2, 2, 6, 6), generator=torch.Generator().manual_seed(1))
+    ball = evax.Ball(x, 0.05, domain=(0, 1))
+    spec = _margins(model, x)
+    both = evax.bound(model, ball, method, spec)
+    upper = evax.bound(model, ball, method, spec, side="upper")
+    lower = evax.bound(model, ball, method, spec, side="lower")
+    torch.testing.assert_close(upper.upper, both.upper, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lower.lower, both.lower, rtol=1e-5, atol=1e-5)
+    assert (upper.lower == -math.inf).all() and (lower.upper == math.inf).all()
+    certified = evax.bound(model, ball, method, spec, side="upper", certify=True)
+    assert (certified.upper >= both.upper - 1e-5).all() and (certified.lower == -math.inf).all()
+
+
+def test_side_must_be_known():
+    model = make("mlp_relu", seed=3)
+    ball = evax.Ball(torch.rand(1, 2, 6, 6), 0.05)
+    with pytest.raises(InvalidInputError, match="side"):
+        evax.bound(model, ball, "backward", side="top")

@@ -177,3 +177,81 @@ def test_p2_ball_is_unchanged_by_the_flag():
     local, dense = _both(model, ball, "forward")
     assert all(torch.equal(x, y) for x, y in zip(local, dense, strict=True))
     assert math.isfinite(local[1].max().item())
+
+
+def _eva_boxes(images: torch.Tensor, n_side: int, eps: float) -> evax.Ball:
+    """Per image: the whole ball, then one box per grid cell with that cell fixed (EVA's boxes)."""
+    n, _, h, w = images.shape
+    cells = torch.zeros(h, w, dtype=torch.long)
+    for a in range(h):
+        for b in range(w):
+            cells[a, b] = (a * n_side // h) * n_side + b * n_side // w
+    fixed = torch.zeros((n_side**2 + 1, 1, h, w), dtype=torch.bool)
+    fixed[1:, 0] = cells == torch.arange(n_side**2).view(-1, 1, 1)
+    centre = images.repeat_interleave(n_side**2 + 1, dim=0)
+    fixed = fixed.repeat(n, images.shape[1], 1, 1)
+    return evax.Ball(centre, eps, fixed=fixed, domain=(0.0, 1.0))
+
+
+def test_boxes_sharing_a_root_get_the_bounds_they_get_alone():
+    """EVA's boxes differ from their image's whole ball in one cell: the stem's CROWN bounds are
+    computed only where a receptive field meets that cell and taken from the root elsewhere;
+    every box's bounds equal those of the box bounded on its own."""
+    model = conv_stem(seed=8)
+    gen = torch.Generator().manual_seed(3)
+    inset = _eva_boxes(torch.rand((2, 3, 12, 12), generator=gen), n_side=4, eps=0.15)
+    graph = get_graph(model, inset.shape, torch.device("cpu"), torch.float32)
+    prop = Propagator(graph, inset, frozenset({"backward"}))
+    together = prop.run(None)
+    i = max(j for j in prop.best if j and stem_chain(graph, j) is not None)
+    root, needed = prop._stem_roots(stem_chain(graph, i), inset.reference())
+    assert root.tolist() == [0] * 17 + [17] * 17
+    assert needed[[0, 17]].all() and needed.float().mean() < 0.9  # work was skipped
+    for b in range(inset.batch_size):
+        alone = Propagator(graph, inset.select(slice(b, b + 1)), frozenset({"backward"})).run(None)
+        _assert_close((together[0][b : b + 1], together[1][b : b + 1]), alone)
+
+
+def test_local_support_covers_every_dependence():
+    """A position the support leaves out has zero gradient with respect to the pixel, at every
+    node of the stem (and the support is local: not everything)."""
+    model = conv_stem(seed=9).double()
+    graph = get_graph(model, (3, 12, 12), torch.device("cpu"), torch.float64)
+    local = 0
+    for i in range(1, len(graph.nodes)):
+        chain = stem_chain(graph, i)
+        if chain is None:
+            continue
+        for pixel in [(0, 0), (5, 7), (11, 11)]:
+            support = torch.zeros((1, 1, 12, 12), dtype=torch.bool)
+            support[0, 0, pixel[0], pixel[1]] = True
+            x = torch.rand((1, 3, 12, 12), dtype=torch.float64, requires_grad=True)
+            out = x
+            for j in reversed(chain):
+                support = graph.nodes[j].op.local_support(support)
+                out = graph.nodes[j].op.evaluate(out)
+            assert out.shape[-2:] == support.shape[-2:]
+            h, w = out.shape[-2:]
+            grads = torch.stack([
+                torch.autograd.grad(out[0, :, a, b].sum(), x, retain_graph=True)[0][0, :, pixel[0], pixel[1]]
+                .abs().sum()
+                for a in range(h) for b in range(w)
+            ]).view(h, w)
+            assert ((grads > 0) <= support[0, 0]).all()
+            local += int(not support.all())
+    assert local >= 6
+
+
+@pytest.mark.parametrize("methods", ["backward", "crown-ibp", "alpha-crown", "ibp+forward+backward"])
+@pytest.mark.parametrize("arch", ["conv_stem", "mlp_relu", "residual"])
+def test_dense_passes_a_few_boxes_at_a_time_give_the_same_bounds(arch, methods):
+    """A small ``box_budget`` splits the dense backward passes (and alpha-CROWN's optimisation)
+    into groups of boxes: the bounds are the same."""
+    model = conv_stem(seed=4) if arch == "conv_stem" else make(arch, seed=1)
+    shape = (3, 12, 12) if arch == "conv_stem" else (2, 6, 6)
+    inset = _ball(shape, "domain", seed=7)
+    graph = get_graph(model, inset.shape, torch.device("cpu"), torch.float32)
+    spec = torch.randn((3, 4, graph.output_size), generator=torch.Generator().manual_seed(0))
+    whole = Propagator(graph, inset, frozenset(methods.split("+"))).run(spec)
+    split = Propagator(graph, inset, frozenset(methods.split("+")), box_budget=1).run(spec)
+    _assert_close(split, whole)

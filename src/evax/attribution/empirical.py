@@ -277,7 +277,7 @@ class HybridEVA(_SamplingEVA):
             boxes = Box(torch.cat(lows), torch.cat(highs))
             g = masks.shape[1]
             spec = margin_spec(tgt, n_out).repeat_interleave(1 + g, dim=0)
-            b = bound(self.tail, boxes, self.method, spec)
+            b = bound(self.tail, boxes, self.method, spec, side="upper")
             ao_all = b.upper.amax(dim=1).view(inputs.shape[0], 1 + g)
         ao = ao_all[:, 0]
         ao_fixed = torch.minimum(ao_all[:, 1:], ao.unsqueeze(1))

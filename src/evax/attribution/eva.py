@@ -190,7 +190,8 @@ class EVA(Attribution):
         center = inputs.unsqueeze(1).expand(n, 1 + g, *inputs.shape[1:]).reshape(-1, *inputs.shape[1:])
         ball = Ball(center, self.eps, self.p, fixed_masks(masks, n, c), self.domain, sign=sign)
         spec_all = spec.repeat_interleave(1 + g, dim=0)
-        b = bound(self.model, ball, self.method, spec_all, batch_size=self.batch_size, certify=self.certify)
+        b = bound(self.model, ball, self.method, spec_all, batch_size=self.batch_size, certify=self.certify,
+                  side="upper")
         return b.upper.amax(dim=1).view(n, 1 + g).to(inputs.dtype)
 
     def explain(

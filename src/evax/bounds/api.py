@@ -12,8 +12,10 @@ from evax.bounds.graph import Graph, build_graph, check_against_model
 from evax.bounds.propagate import (
     AlphaOptions,
     Propagator,
+    bounds_its_own_temporaries,
     estimate_floats_per_box,
     estimate_largest_tensor,
+    estimate_state_floats_per_box,
     parse_method,
 )
 from evax.errors import InvalidInputError
@@ -96,7 +98,7 @@ def _check_spec(spec, n: int, n_out: int, device, dtype) -> torch.Tensor | None:
 
 
 def _run_combination(graph: Graph, inset: PerturbationSet, methods: frozenset[str], spec,
-                     alpha: AlphaOptions | None = None):
+                     alpha: AlphaOptions | None = None, side: str = "both"):
     """Coupled propagation of ``methods``, intersected with members run on their own.
 
     Relaxations (CROWN's adaptive ReLU slope, the max-pool argmax) are not monotone in the
@@ -111,12 +113,12 @@ def _run_combination(graph: Graph, inset: PerturbationSet, methods: frozenset[st
     IBP never beat CROWN on any neuron costs one coupled run plus forward's standalone run.
     """
     coupled = Propagator(graph, inset, methods, alpha=alpha)
-    lo, hi = coupled.run(spec)
+    lo, hi = coupled.run(spec, side)
     if len(methods) > 1:
         for member in sorted(methods - {"ibp"}):
             if coupled.dominated(member):
                 continue  # its standalone run would rebuild the coupled run's relaxations
-            lo_m, hi_m = Propagator(graph, inset, frozenset({member}), alpha=alpha).run(spec)
+            lo_m, hi_m = Propagator(graph, inset, frozenset({member}), alpha=alpha).run(spec, side)
             lo, hi = torch.maximum(lo, lo_m), torch.minimum(hi, hi_m)
     return lo, hi
 
@@ -131,6 +133,7 @@ def bound(
     certify: bool = False,
     alpha_iterations: int = 20,
     alpha_lr: float = 0.5,
+    side: str = "both",
 ) -> Bounds:
     """Guaranteed bounds of ``spec @ model(x)`` for every ``x`` in ``ball``.
 
@@ -152,12 +155,19 @@ def bound(
         spec: optional ``(N, K, n_out)`` (or shared ``(K, n_out)``) matrix ``C``; bounds
             ``C f(x)`` directly, which is tighter than combining intervals of ``f``.
         batch_size: boxes per chunk; ``None`` picks a chunk whose largest temporary is about
-            32 MiB (and whose total stays under about 2 GiB).
+            32 MiB (and whose total stays under about 2 GiB); backward-only methods on a
+            convolutional stem keep their temporaries in budget themselves, so ``None`` gives
+            them as many boxes as their state allows (about 2 GiB): boxes that differ in a few
+            pixels, as EVA's, share the stem's work.
         certify: compute in float64 and widen the results by a relative rounding margin of
             ``1e-7 * (1 + max|bound|)`` (far above the accumulated float64 rounding error of any
             network this engine can handle), so the guarantee survives floating point.
         alpha_iterations: alpha-CROWN's Adam steps (``0`` gives CROWN's bound).
         alpha_lr: alpha-CROWN's learning rate.
+        side: ``"both"``; or ``"upper"`` / ``"lower"`` when only that side is read: the final
+            backward pass then bounds only its rows (half the work of CROWN-IBP's main pass),
+            and the other side comes back as ``-inf`` / ``+inf``. Intermediate bounds are
+            unchanged, so the side computed is the same as with ``"both"``.
 
     Returns:
         :class:`Bounds` with ``lower``/``upper`` of shape ``(N, K)`` (``K = n_out`` without
@@ -177,6 +187,8 @@ def bound(
     if isinstance(alpha_lr, bool) or not isinstance(alpha_lr, (int, float)) or not 0 < alpha_lr < float("inf"):
         raise InvalidInputError(f"alpha_lr must be a finite number > 0, got {alpha_lr!r}")
     alpha = AlphaOptions(alpha_iterations, float(alpha_lr))
+    if side not in ("both", "upper", "lower"):
+        raise InvalidInputError(f"side must be 'both', 'upper' or 'lower', got {side!r}")
 
     declared = getattr(model, "input_shape", None)  # set by evax.zoo.from_onnx and its wrappers
     if isinstance(declared, tuple) and all(isinstance(d, int) for d in declared) and declared != ball.shape:
@@ -197,8 +209,17 @@ def bound(
                 from evax.bounds.exact import exact_bounds
 
                 lower, upper = exact_bounds(graph, inset, spec_t)
+                if side == "upper":
+                    lower = torch.full_like(lower, -torch.inf)
+                elif side == "lower":
+                    upper = torch.full_like(upper, torch.inf)
             else:
                 methods = parse_method(method)
+                if batch_size is None and bounds_its_own_temporaries(graph, methods, inset):
+                    itemsize = torch.finfo(dtype).bits // 8
+                    state = estimate_state_floats_per_box(graph) * itemsize
+                    batch_size = max(1, min(n, _DEFAULT_MEMORY // state))
+                    batch_size = -(-n // -(-n // batch_size))
                 if batch_size is None:
                     itemsize = torch.finfo(dtype).bits // 8
                     per_box = estimate_floats_per_box(graph, methods) * itemsize
@@ -209,15 +230,19 @@ def bound(
                 for start in range(0, n, batch_size):
                     sl = slice(start, start + batch_size)
                     sub_spec = None if spec_t is None else spec_t[sl]
-                    lo, hi = _run_combination(graph, inset.select(sl), methods, sub_spec, alpha)
+                    lo, hi = _run_combination(graph, inset.select(sl), methods, sub_spec, alpha, side)
                     los.append(lo)
                     his.append(hi)
                 lower, upper = torch.cat(los), torch.cat(his)
     if certify:
-        scale = 1 + torch.maximum(lower.abs(), upper.abs())
+        magnitude = torch.maximum(lower.abs(), upper.abs())
+        if side != "both":
+            magnitude = (upper if side == "upper" else lower).abs()
+        scale = 1 + magnitude
         lower = lower - _CERTIFY_REL_MARGIN * scale
         upper = upper + _CERTIFY_REL_MARGIN * scale
-    if not (torch.isfinite(lower).all() and torch.isfinite(upper).all()):
+    computed = [t for t, s in ((lower, "lower"), (upper, "upper")) if side in ("both", s)]
+    if not all(torch.isfinite(t).all() for t in computed):
         raise InvalidInputError("bounds are not finite: the model or set overflows float precision")
     return Bounds(lower, upper)
 

@@ -50,25 +50,67 @@ def stem_window(graph: Graph, chain: list[int]) -> tuple[int, int]:
 
 
 class Windows:
-    """Windows ``(B, P, 1, C, Rh, Rw)`` of node-shaped maps at ``P`` positions ``(pos_h, pos_w)``."""
+    """Windows ``(B, P, 1, C, Rh, Rw)`` of node-shaped maps at ``P`` positions ``(pos_h, pos_w)``.
 
-    def __init__(self, pos_h: torch.Tensor, pos_w: torch.Tensor) -> None:
-        self.pos_h, self.pos_w = pos_h, pos_w
-        self._max = int(pos_h.max()), int(pos_w.max())
+    With ``box`` (``(P,)`` box indices) every position belongs to one box (a *pair*): windows
+    are read from that box's map only and come back as ``(1, P, 1, C, Rh, Rw)``, so pairs of
+    different boxes share one batch dimension. ``cache`` keeps the padded, channels-last copies
+    of the maps across the chunks of one node (the maps do not change between chunks).
+    """
+
+    def __init__(
+        self,
+        pos_h: torch.Tensor,
+        pos_w: torch.Tensor,
+        box: torch.Tensor | None = None,
+        cache: dict | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> None:
+        self.pos_h, self.pos_w, self.box = pos_h, pos_w, box
+        self._cache = {} if cache is None else cache
+        # Positions lie in [0, size): the padding is sized for all of them, so that the cached
+        # copies serve every chunk.
+        self._size = size if size is not None else (int(pos_h.max()) + 1, int(pos_w.max()) + 1)
+
+    def _padded(self, t: torch.Tensor, offset: tuple[int, int], window: tuple[int, int]):
+        """``t`` zero-padded so that every window of every position of the map is inside, as
+        ``(B, Hp, Wp, C)``, with the padding added on top/left."""
+        key = (id(t), offset, window, self._size)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] is t:
+            return hit[1], hit[2]
+        (oh, ow), (rh, rw) = offset, window
+        h, w = t.shape[-2:]
+        top, left = max(0, -oh), max(0, -ow)
+        bottom = max(0, self._size[0] - 1 + oh + rh - h)
+        right = max(0, self._size[1] - 1 + ow + rw - w)
+        padded = F.pad(t, (left, right, top, bottom)).permute(0, 2, 3, 1).contiguous()
+        self._cache[key] = (t, padded, (top, left))
+        return padded, (top, left)
+
+    def derived(self, source: object, make):
+        """A map built from ``source`` by ``make()`` once per node (cached with the windows)."""
+        key = ("derived", id(source))
+        hit = self._cache.get(key)
+        if hit is None or hit[0] is not source:
+            hit = (source, make())
+            self._cache[key] = hit
+        return hit[1]
 
     def gather(self, t: torch.Tensor, offset: tuple[int, int], window: tuple[int, int]) -> torch.Tensor:
         """``t`` ``(B, C, H, W)`` read on each position's window ``[pos + offset, + R)`` (zero
         outside the map)."""
         (oh, ow), (rh, rw) = offset, window
-        b, c, h, w = t.shape
-        top, left = max(0, -oh), max(0, -ow)
-        bottom = max(0, self._max[0] + oh + rh - h)
-        right = max(0, self._max[1] + ow + rw - w)
-        padded = F.pad(t, (left, right, top, bottom)).permute(0, 2, 3, 1).contiguous()  # (B, Hp, Wp, C)
+        padded, (top, left) = self._padded(t, offset, window)
+        b, c = padded.shape[0], padded.shape[3]
         s = padded.stride()
         hw = padded.shape[1] - rh + 1, padded.shape[2] - rw + 1
         windows = padded.as_strided((b, hw[0], hw[1], c, rh, rw), (s[0], s[1], s[2], s[3], s[1], s[2]))
-        return windows[:, self.pos_h + oh + top, self.pos_w + ow + left].unsqueeze(2)
+        rows, cols = self.pos_h + oh + top, self.pos_w + ow + left
+        if self.box is None:
+            return windows[:, rows, cols].unsqueeze(2)
+        box = self.box if b > 1 else torch.zeros_like(self.box)
+        return windows[box, rows, cols].unsqueeze(0).unsqueeze(2)
 
     def valid(self, offset, window, shape_hw) -> torch.Tensor:
         """``(1, P, 1, 1, Rh, Rw)`` mask of the window entries inside an ``H x W`` map."""
@@ -86,12 +128,17 @@ def local_lower_bounds(
     relax: dict,
     ref: torch.Tensor,
     rad: torch.Tensor,
+    boxes: torch.Tensor | None = None,
+    cache: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CROWN lower and upper bounds ``(N, C, P)`` of every channel of node ``chain[0]`` at the
-    ``P`` flat ``h * W + w`` ``positions``.
+    ``P`` flat ``h * W + w`` ``positions``; with ``boxes``, of position ``positions[q]`` of box
+    ``boxes[q]`` only, ``(1, C, P)``.
 
     All channels of a position share their windows, so the relaxations are read once per
-    position and broadcast over its ``2 C`` rows (``+e_c`` and ``-e_c``).
+    position and broadcast over its ``2 C`` rows (``+e_c`` and ``-e_c``). The multipliers
+    start shared by every position (the rows ``+-e_c``) and become per position where the
+    window leaves the map or meets a relaxation.
 
     Args:
         graph: the bound graph.
@@ -99,16 +146,17 @@ def local_lower_bounds(
         positions: ``(P,)`` flat spatial indices.
         relax: the relaxations of the nonlinear nodes (as in the propagator).
         ref, rad: the input box ``ref +- rad``, each ``(N, C0, H0, W0)``.
+        boxes: optional ``(P,)`` box of each position (pairs, see :class:`Windows`).
+        cache: shared by the calls for one node (see :class:`Windows`).
     """
     node = graph.nodes[chain[0]]
-    c, _, w = node.shape
-    p = positions.numel()
+    c, h, w = node.shape
     device, dtype = ref.device, ref.dtype
-    windows = Windows(positions // w, positions % w)
+    windows = Windows(positions // w, positions % w, boxes, cache, (h, w))
     eye = torch.eye(c, device=device, dtype=dtype)
-    lam = torch.cat([eye, -eye]).view(1, 1, 2 * c, c, 1, 1).expand(1, p, 2 * c, c, 1, 1)
+    lam = torch.cat([eye, -eye]).view(1, 1, 2 * c, c, 1, 1)
     offset = (0, 0)
-    const = torch.zeros((1, p, 2 * c), device=device, dtype=dtype)
+    const = torch.zeros((1, 1, 2 * c), device=device, dtype=dtype)
     for j in chain:
         node = graph.nodes[j]
         in_shape = graph.nodes[node.inputs[0]].shape

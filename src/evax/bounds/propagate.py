@@ -21,6 +21,7 @@ exact for an affine map of a box, so a backward pass would only repeat it.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -86,6 +87,8 @@ class Propagator:
             the output.
         alpha: options of alpha-CROWN.
         row_budget: how many floats a backward pass may hold at once (neuron chunking).
+        box_budget: floats of one row's multipliers for all boxes beyond which dense backward
+            passes go a few boxes at a time.
         local_forms: keep forward forms as patches through the convolutional stem when the
             input set is a box (:mod:`evax.bounds.local_forms`; same bounds, far less work).
         skip_stable: let CROWN skip the rows of neurons that are stable for every box when
@@ -99,11 +102,13 @@ class Propagator:
         inset: PerturbationSet,
         methods: frozenset[str],
         row_budget: int = 2**27,
+        box_budget: int = 2**23,
         local_forms: bool = True,
         skip_stable: bool = True,
         alpha: AlphaOptions | None = None,
     ) -> None:
         self.skip_stable = skip_stable
+        self.box_budget = box_budget
         self.graph = graph
         self.inset = inset
         node_methods = {m for m in methods if m in BASE_METHODS}
@@ -132,8 +137,13 @@ class Propagator:
         self._local = self._box_radius is not None
 
     # ------------------------------------------------------------------------------------------
-    def run(self, spec: torch.Tensor | None) -> Interval:
-        """Bounds of ``spec @ f(x)`` over the set, each ``(N, K)`` (``K = n_out`` without spec)."""
+    def run(self, spec: torch.Tensor | None, side: str = "both") -> Interval:
+        """Bounds of ``spec @ f(x)`` over the set, each ``(N, K)`` (``K = n_out`` without spec).
+
+        ``side="upper"`` (or ``"lower"``) runs the final backward pass for that side only and
+        returns ``-inf`` (``+inf``) for the other: half the rows of the most expensive pass of
+        CROWN-IBP, for callers that read one side (EVA reads upper bounds of margins)."""
+        self.side = side
         g = self.graph
         use_ibp_chain = "ibp" in self.methods or "backward" in self.methods
         linear_methods = "forward" in self.out_methods or "backward" in self.out_methods
@@ -158,6 +168,8 @@ class Propagator:
                     self.ibp[i] = self.best[i]
             self._release_forms(i)
         return self._output_bounds(spec)
+
+    side = "both"
 
     def dominated(self, member: str) -> bool:
         """After :meth:`run`: whether ``member`` run on its own would give exactly the bound the
@@ -287,34 +299,109 @@ class Propagator:
             self._backward_positions(i, chain, rows, lower, upper)
         elif rows.numel():
             widest = max(g.nodes[j].numel for j in range(i + 1))
-            chunk = max(1, self.row_budget // max(1, 2 * n * widest))
-            for start in range(0, rows.numel(), chunk):
-                r = rows[start : start + chunk]
-                lo_r, hi_r = self._backward_rows(i, r)
-                lower[:, r] = torch.maximum(lower[:, r], lo_r)
-                upper[:, r] = torch.minimum(upper[:, r], hi_r)
+            step = self._box_step(2 * widest)
+            budget = self.row_budget if step >= n else self.box_budget
+            chunk = max(1, budget // max(1, 2 * step * widest))
+            for b0 in range(0, n, step):
+                boxes = slice(b0, b0 + step)
+                view = self if step >= n else self._boxes(boxes)
+                for start in range(0, rows.numel(), chunk):
+                    r = rows[start : start + chunk]
+                    lo_r, hi_r = view._backward_rows(i, r)
+                    lower[boxes, r] = torch.maximum(lower[boxes, r], lo_r)
+                    upper[boxes, r] = torch.minimum(upper[boxes, r], hi_r)
         shape = (n, *node.shape)
         return lower.view(shape), upper.view(shape)
 
     def _backward_positions(self, i: int, chain: list[int], rows, lower, upper) -> None:
         """CROWN bounds of a conv-stem node, position by position (:mod:`local_backward`):
         every channel at each position holding one of ``rows``; tightens ``lower``/``upper``
-        ``(N, C*H*W)`` in place."""
+        ``(N, C*H*W)`` in place.
+
+        A stem neuron's bounds depend on the input box only through its receptive field (every
+        bound and relaxation below it is local too). So a box that equals an earlier box of the
+        batch (its *root*) outside a few pixels -- EVA's boxes, which fix one cell each -- is
+        computed only at the positions whose field meets those pixels, and takes its root's
+        bounds elsewhere: the same numbers as computing them, at a fraction of the work.
+        """
         g = self.graph
         n = self.inset.batch_size
         c, h, w = g.nodes[i].shape
         positions = torch.unique(rows % (h * w))
         rh, rw = stem_window(g, chain)
         channels = max(g.nodes[j].shape[0] for j in [*chain, 0])
-        chunk = max(1, self.row_budget // (8 * n * c * channels * rh * rw))
+        chunk = max(1, self.row_budget // (8 * c * channels * rh * rw))
         centre = self.inset.reference().reshape(n, *g.input_shape)
+        root, needed = self._stem_roots(chain, centre)  # (N,), (N, H*W)
+        pair_box, pair_pos = needed[:, positions].nonzero(as_tuple=True)
+        pair_pos = positions[pair_pos]
+        lo_all = torch.empty((c, pair_box.numel()), device=lower.device, dtype=lower.dtype)
+        hi_all = torch.empty_like(lo_all)
+        cache: dict = {}
+        for start in range(0, pair_box.numel(), chunk):
+            sl = slice(start, start + chunk)
+            lo_p, hi_p = local_lower_bounds(
+                g, chain, pair_pos[sl], self.relax, centre, self._box_radius, pair_box[sl], cache
+            )
+            lo_all[:, sl], hi_all[:, sl] = lo_p[0], hi_p[0]
         chans = torch.arange(c, device=rows.device).view(c, 1) * (h * w)
-        for start in range(0, positions.numel(), chunk):
-            pos = positions[start : start + chunk]
-            lo_p, hi_p = local_lower_bounds(g, chain, pos, self.relax, centre, self._box_radius)
-            r = (chans + pos).reshape(-1)  # (C * P) flat neuron indices, channel-major
-            lower[:, r] = torch.maximum(lower[:, r], lo_p.reshape(n, -1))
-            upper[:, r] = torch.minimum(upper[:, r], hi_p.reshape(n, -1))
+        flat = (chans + pair_pos).reshape(-1)  # (C * Q) neuron indices, channel-major
+        boxes = pair_box.expand(c, -1).reshape(-1)
+        lower[boxes, flat] = torch.maximum(lower[boxes, flat], lo_all.reshape(-1))
+        upper[boxes, flat] = torch.minimum(upper[boxes, flat], hi_all.reshape(-1))
+        copied = ~needed.repeat(1, c)  # (N, C*H*W): the root's bounds hold there
+        if bool(copied.any()):
+            lower.copy_(torch.where(copied, lower[root], lower))
+            upper.copy_(torch.where(copied, upper[root], upper))
+
+    def _stem_roots(self, chain: list[int], centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each box's root (the last box before it that starts a group: a box differing from
+        the current root on more than half of the pixels starts a new one) and ``(N, H*W)`` the
+        positions of node ``chain[0]`` to compute for each box: all of them for a root, those
+        whose receptive field meets a pixel where the box differs from its root otherwise."""
+        g = self.graph
+        n = centre.shape[0]
+        rad = self._box_radius.reshape(centre.shape)
+        pixels = centre[0, 0].numel()
+        root = torch.zeros(n, dtype=torch.long, device=centre.device)
+        differs = torch.ones((n, 1, *centre.shape[2:]), dtype=torch.bool, device=centre.device)
+        start = 0
+        while start < n:
+            diff = ((centre[start:] != centre[start]) | (rad[start:] != rad[start])).any(1, keepdim=True)
+            far = (diff.flatten(1).sum(1) * 2 > pixels).nonzero()
+            stop = n if far.numel() == 0 else start + int(far[0])
+            if stop == start:  # cannot happen: a box never differs from itself
+                stop = start + 1
+            root[start:stop] = start
+            differs[start + 1 : stop] = diff[1 : stop - start]
+            start = stop
+        for j in reversed(chain):  # from the input up to the node
+            differs = g.nodes[j].op.local_support(differs)
+        needed = differs.flatten(1)
+        return root, needed
+
+    def _box_step(self, floats_per_box: int) -> int:
+        """Boxes per dense backward pass: all of them unless one row for every box would exceed
+        ``box_budget`` floats (then the passes go a few boxes at a time, so that no temporary
+        outgrows the budget: large fresh allocations cost more in page faults than they save)."""
+        n = self.inset.batch_size
+        if n * floats_per_box <= self.box_budget:
+            return n
+        return max(1, self.box_budget // max(1, floats_per_box))
+
+    def _boxes(self, boxes: slice) -> Propagator:
+        """A view of this propagator restricted to the boxes ``boxes`` (for the backward passes:
+        the set, relaxations and bounds are sliced, nothing is copied)."""
+        n = self.inset.batch_size
+        view = copy.copy(self)
+        view.inset = self.inset.select(boxes)
+        view.relax = {j: select_boxes(r, boxes, n) for j, r in self.relax.items()}
+        view.best = {j: select_boxes(b, boxes, n) for j, b in self.best.items()}
+        if self._flat_radius is not None:
+            view._flat_radius = self._flat_radius[boxes]
+        if self._box_radius is not None:
+            view._box_radius = self._box_radius[boxes]
+        return view
 
     def _backward_rows(self, i: int, rows: torch.Tensor) -> Interval:
         """Lower and upper CROWN bounds of the neurons ``rows`` of node ``i``: ``(N, R)`` each."""
@@ -469,12 +556,30 @@ class Propagator:
             upper = -self.inset.concretize(-coef_u, -bu)
             cands.append((lower, upper))
         if "backward" in self.out_methods:
-            lam = torch.cat([spec, -spec], dim=1)
-            lower = self._pull_back({out: lam}, None)
-            if self.alpha is not None:
-                lower = self._optimise_slopes(lam, lower)
-            cands.append((lower[:, :k], -lower[:, k:]))
+            lam = {"both": lambda: torch.cat([spec, -spec], dim=1), "lower": lambda: spec,
+                   "upper": lambda: -spec}[self.side]()
+            widest = max(node.numel for node in g.nodes)
+            step = self._box_step(2 * k * widest)
+            parts = []
+            for b0 in range(0, n, step):
+                boxes = slice(b0, b0 + step)
+                view = self if step >= n else self._boxes(boxes)
+                lam_b = lam if lam.shape[0] == 1 else lam[boxes]
+                lower = view._pull_back({out: lam_b}, None)
+                if self.alpha is not None:
+                    lower = view._optimise_slopes(lam_b, lower)
+                parts.append(lower)
+            lower = torch.cat(parts) if len(parts) > 1 else parts[0]
+            inf = torch.full_like(lower[:, :k], torch.inf)
+            if self.side == "both":
+                cands.append((lower[:, :k], -lower[:, k:]))
+            else:
+                cands.append((lower, inf) if self.side == "lower" else (-inf, -lower))
         lo, hi = intersect(cands)
+        if self.side == "upper":
+            lo = torch.full_like(lo, -torch.inf)
+        elif self.side == "lower":
+            hi = torch.full_like(hi, torch.inf)
         return lo.expand(n, k), hi.expand(n, k)
 
     def _optimise_slopes(self, lam: torch.Tensor, crown: torch.Tensor) -> torch.Tensor:
@@ -514,6 +619,18 @@ class Propagator:
                     for alpha, lo, hi in params.values():
                         alpha.copy_(torch.maximum(torch.minimum(alpha, hi), lo))
         return best
+
+
+def select_boxes(value, boxes: slice, n: int):
+    """``value`` (a tensor, or a tuple/list of them, as relaxations and bounds are) restricted to
+    the boxes ``boxes``: tensors of leading size ``n`` are sliced, shared ones (size 1) kept."""
+    if isinstance(value, torch.Tensor):
+        return value[boxes] if value.ndim and value.shape[0] == n and n > 1 else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(select_boxes(v, boxes, n) for v in value)
+    if value is None:
+        return None
+    raise TypeError(f"cannot restrict a {type(value).__name__} to a subset of boxes")
 
 
 def _block_box_spread(coeffs: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
@@ -590,6 +707,26 @@ def _engine_methods(methods: frozenset[str]) -> frozenset[str]:
     """The base passes a method set runs (crown-ibp and alpha-crown run backward passes)."""
     extra = {"backward"} if methods & set(OUTPUT_METHODS) else set()
     return frozenset(m for m in methods if m in BASE_METHODS) | extra
+
+
+def bounds_its_own_temporaries(graph: Graph, methods: frozenset[str], inset: PerturbationSet) -> bool:
+    """Whether a run keeps its temporaries in budget whatever the number of boxes: backward
+    passes without forward forms, on a box set, through a convolutional stem (its CROWN bounds
+    go by position, the dense passes a few boxes at a time). Such runs should see many boxes at
+    once, so that boxes sharing most of their input share the stem's work (see
+    :meth:`Propagator._backward_positions`)."""
+    methods = _engine_methods(methods)
+    if "forward" in methods or "backward" not in methods or inset.box_radius() is None:
+        return False
+    if len(graph.input_shape) != 3:
+        return False
+    return any(graph.needs_bounds(i) and stem_chain(graph, i) is not None for i in range(1, len(graph.nodes)))
+
+
+def estimate_state_floats_per_box(graph: Graph) -> int:
+    """Floats one box keeps for a whole run: bounds, IBP chain, relaxations and their padded
+    copies for the stem's windows (about 16 per neuron)."""
+    return 16 * sum(node.numel for node in graph.nodes)
 
 
 def estimate_floats_per_box(graph: Graph, methods: frozenset[str]) -> int:

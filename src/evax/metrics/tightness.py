@@ -84,7 +84,7 @@ class Tightness:
             )
         ball = Ball(self.inputs, eps, p, domain=domain)
         spec = margin_spec(self.targets, self.n_out)
-        b = bound(self.model, ball, name, spec, batch_size=self.batch_size, certify=certify)
+        b = bound(self.model, ball, name, spec, batch_size=self.batch_size, certify=certify, side="upper")
         ao = b.upper.amax(dim=1).to(self.inputs.dtype)
         if not detailed:
             return ao

@@ -150,6 +150,13 @@ class Op(ABC):
         """How much the op widens a receptive field (rows, columns)."""
         return (0, 0)
 
+    def local_support(self, mask: torch.Tensor) -> torch.Tensor:
+        """Ops with a local rule: ``(N, 1, H, W)`` bool of input positions -> ``(N, 1, H', W')``
+        bool of the output positions whose value can depend on them (elementwise: the same)."""
+        if self.local_growth() != (0, 0):
+            raise NotImplementedError(f"{type(self).__name__} widens windows: it must implement local_support")
+        return mask
+
     def local_backward(self, lam, const, offset, windows, relaxation, shape, in_shape):
         """CROWN rule on patches of multipliers; see :func:`evax.bounds.local_backward.local_lower_bounds`.
 
@@ -355,12 +362,14 @@ class ElementwiseOp(Op):
         a_l, b_l, a_u, b_u = relaxation
         window = (lam.shape[-2], lam.shape[-1])
         neg = lam.clamp_max(0)
-        const = const + window_dot(neg, windows.gather(b_u - b_l, offset, window))
-        if bool((b_l != 0).any()):
-            const = const + window_dot(lam, windows.gather(b_l, offset, window))
-        lam = (lam * windows.gather(a_l, offset, window)).addcmul_(
-            neg, windows.gather(a_u - a_l, offset, window)
-        )
+        # Every map is gathered as it is (the windows cache their padded copies across chunks);
+        # differences are taken on the windows, which are K times smaller than lam.
+        w_bl, w_bu = windows.gather(b_l, offset, window), windows.gather(b_u, offset, window)
+        const = const + window_dot(neg, w_bu - w_bl)
+        if windows.derived(b_l, lambda: bool((b_l != 0).any())):
+            const = const + window_dot(lam, w_bl)
+        w_al, w_au = windows.gather(a_l, offset, window), windows.gather(a_u, offset, window)
+        lam = (lam * w_al).addcmul_(neg, w_au - w_al)
         return lam, const, offset
 
 

@@ -156,6 +156,11 @@ class Conv2d(LinearOp):
         (kh, kw), (dh, dw) = self.weight.shape[-2:], self.dilation
         return dh * (kh - 1), dw * (kw - 1)
 
+    def local_support(self, mask: torch.Tensor) -> torch.Tensor:
+        ones = torch.ones((1, 1, *self.weight.shape[-2:]), device=mask.device, dtype=torch.float32)
+        hit = F.conv2d(mask.to(torch.float32), ones, None, self.stride, self.padding, self.dilation)
+        return hit > 0
+
     def local_forward(self, form, relaxation, out_shape):
         if self.stride != (1, 1):
             return None
@@ -184,7 +189,9 @@ class Conv2d(LinearOp):
         )
         lam = lam.view(*lead, *lam.shape[1:])
         offset = (offset[0] - self.padding[0], offset[1] - self.padding[1])
-        lam.mul_(windows.valid(offset, lam.shape[-2:], in_shape[1:]))
+        valid = windows.valid(offset, lam.shape[-2:], in_shape[1:])
+        if not bool(valid.all()):
+            lam = lam.mul_(valid) if lam.shape[1] == valid.shape[1] else lam * valid
         return lam, const, offset
 
     def to(self, device=None, dtype=None) -> Conv2d:
@@ -237,8 +244,10 @@ class ElementwiseAffine(LinearOp):
     def local_backward(self, lam, const, offset, windows, relaxation, shape, in_shape):
         window = (lam.shape[-2], lam.shape[-1])
         if self.bias is not None:
-            const = const + window_dot(lam, windows.gather(node_map(self.bias, shape), offset, window))
-        lam = lam * windows.gather(node_map(self.scale, shape), offset, window)
+            bias = windows.derived(self.bias, lambda: node_map(self.bias, shape))
+            const = const + window_dot(lam, windows.gather(bias, offset, window))
+        scale = windows.derived(self.scale, lambda: node_map(self.scale, shape))
+        lam = lam * windows.gather(scale, offset, window)
         return lam, const, offset
 
     def to(self, device=None, dtype=None) -> ElementwiseAffine:
