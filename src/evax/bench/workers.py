@@ -88,7 +88,8 @@ def _run_ray(fn, tasks, workers, address, progress, desc) -> Iterator[tuple[int,
         else:
             # workers import evax from this interpreter's environment; keep the repo's src first
             src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-            env = {"env_vars": {"PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}}
+            # and the working directory, for user models given as package.module:factory
+            env = {"env_vars": {"PYTHONPATH": os.pathsep.join([src, os.getcwd(), os.environ.get("PYTHONPATH", "")])}}
             ray.init(
                 num_cpus=workers,
                 include_dashboard=False,

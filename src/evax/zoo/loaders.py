@@ -142,10 +142,26 @@ def read_classes(classes: str | Path | Sequence[str] | None) -> tuple[str, ...] 
     return names
 
 
+def _import_from_cwd(name: str):
+    """Import ``name``; like ``python -m``, the working directory is searched too (the ``evax``
+    console script does not put it on ``sys.path``)."""
+    import os
+    import sys
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        cwd = os.getcwd()
+        if cwd in sys.path or exc.name is None or not name.startswith(exc.name.split(".")[0]):
+            raise
+        sys.path.insert(0, cwd)
+        return importlib.import_module(name)
+
+
 def _from_factory(spec: str, weights: str | Path | None) -> nn.Module:
     mod_name, _, attr = spec.partition(":")
     try:
-        module = importlib.import_module(mod_name)
+        module = _import_from_cwd(mod_name)
     except ImportError as exc:
         raise InvalidInputError(f"cannot import {mod_name!r} for model {spec!r}: {exc}") from exc
     factory = module
