@@ -170,3 +170,14 @@ def test_nhwc_onnx_with_normalisation(tmp_path: Path):
     assert torch.allclose(model(X), want, atol=1e-5)
     b = evax.bound(model, evax.Ball(X, eps=0.01), method="ibp+forward+backward")
     assert (b.lower <= want + 1e-4).all() and (want <= b.upper + 1e-4).all()
+
+
+def test_factory_found_in_the_working_directory(tmp_path: Path, monkeypatch):
+    (tmp_path / "cwd_net16.py").write_text(
+        "from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 4))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "cwd_net16", raising=False)
+    model, info = load_model("cwd_net16:build", input_shape="1,8,8")
+    assert info.source == "factory" and info.num_classes == 4
