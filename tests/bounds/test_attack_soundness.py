@@ -109,6 +109,31 @@ def test_attack_never_beats_the_bounds_everywhere(arch, norm, variant):
     check_case(arch, norm, variant, THOROUGH)
 
 
+def _eva_ball(seed: int) -> evax.Ball:
+    """EVA's boxes for two images of shape (2, 6, 6): per image the whole ball (domain (0, 1)),
+    then one box per cell of a 3x3 grid with that cell fixed; the conv stem's CROWN bounds of
+    each cell box are shared with its image's whole ball outside the cell's reach."""
+    gen = _gen("eva", seed)
+    images = torch.rand((2, 2, 6, 6), generator=gen)
+    cells = (torch.arange(6).view(-1, 1) // 2) * 3 + torch.arange(6).view(1, -1) // 2
+    fixed = torch.zeros((10, 1, 6, 6), dtype=torch.bool)
+    fixed[1:, 0] = cells == torch.arange(9).view(-1, 1, 1)
+    return evax.Ball(images.repeat_interleave(10, dim=0), 0.15, fixed=fixed.repeat(2, 2, 1, 1), domain=(0.0, 1.0))
+
+
+@pytest.mark.parametrize("arch", [a for a in ALL if a.startswith("conv") or a in {"residual", "smooth_acts"}])
+def test_attack_never_beats_the_bounds_of_eva_boxes(arch):
+    """The boxes EVA bounds together (most of them equal to their image's whole ball outside one
+    cell), with every method: an attack on each margin never gets past them."""
+    model = make(arch, seed=ALL.index(arch))
+    ball = _eva_ball(ALL.index(arch))
+    spec = _margins(model, ball)
+    found = search(model, ball, spec, generator=_gen("eva attack", arch), **FAST)
+    for method in METHODS:
+        result = found.against(evax.bound(model, ball, method, spec=spec))
+        assert result.violation.max() <= TOL, f"{arch} {method} EVA boxes: {result.worst()}"
+
+
 def check_certified(arch: str, norm: float, variant: str, methods: list[str]) -> None:
     """``certify=True`` bounds (float64 plus a rounding margin) hold *exactly* against an attack
     run in float64, on the outputs and on the margins."""
