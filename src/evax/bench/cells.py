@@ -346,19 +346,25 @@ def _attribution_cell(cell: Cell, rec: dict) -> None:
                     raise NotApplicableError("tightness is the AO bound of an EVA explanation")
                 rec["values"]["tightness"] = float(ao[0])
                 continue
-            cls = metric_class(mcfg.pop("cls"))
-            metric = cls(model, x, target, groups=groups, seed=cell.seed, progress=False, **mcfg)
-            out = metric(phi, detailed=True)
-            score = out["auc"] if "auc" in out else out["scores"]
-            rec["values"][name] = _finite(torch.as_tensor(score).flatten()[0])
-            if "curves" in out:
-                rec["extra"][f"{name}_curve"] = [float(v) for v in out["curves"][0]]
-                rec["extra"][f"{name}_fractions"] = [float(v) for v in out["fractions"]]
-            if "capped" in out:
-                rec["extra"][f"{name}_capped"] = int(torch.as_tensor(out["capped"]).sum())
+            _score_explanation(rec, name, mcfg, model, x, target, groups, cell.seed, phi)
         except Exception as exc:  # noqa: BLE001
             msg, permanent = _describe(exc)
             rec["errors"][name], rec["permanent"][name] = msg, permanent
+
+
+def _score_explanation(rec: dict, name: str, mcfg: dict, model, x, target, groups, seed, phi) -> None:
+    """Score ``phi`` with the metric of ``mcfg`` (Deletion, Insertion, MuFidelity, RobustnessSr):
+    its value, and its curves and capped count when it has them, into ``rec``."""
+    cls = metric_class(mcfg.pop("cls"))
+    metric = cls(model, x, target, groups=groups, seed=seed, progress=False, **mcfg)
+    out = metric(phi, detailed=True)
+    score = out["auc"] if "auc" in out else out["scores"]
+    rec["values"][name] = _finite(torch.as_tensor(score).flatten()[0])
+    if "curves" in out:
+        rec["extra"][f"{name}_curve"] = [float(v) for v in out["curves"][0]]
+        rec["extra"][f"{name}_fractions"] = [float(v) for v in out["fractions"]]
+    if "capped" in out:
+        rec["extra"][f"{name}_capped"] = int(torch.as_tensor(out["capped"]).sum())
 
 
 def _perturbation(spec: dict):
@@ -522,16 +528,7 @@ def _evaluate_cell(cell: Cell, rec: dict) -> None:
                 val = metric(x, target=target, explanations=raw.to(x.dtype))
                 rec["values"][name] = _finite(torch.as_tensor(val).flatten()[0])
             else:
-                cls = metric_class(mcfg.pop("cls"))
-                metric = cls(model, x, target, groups=groups, seed=cell.seed, progress=False, **mcfg)
-                out = metric(phi, detailed=True)
-                score = out["auc"] if "auc" in out else out["scores"]
-                rec["values"][name] = _finite(torch.as_tensor(score).flatten()[0])
-                if "curves" in out:
-                    rec["extra"][f"{name}_curve"] = [float(v) for v in out["curves"][0]]
-                    rec["extra"][f"{name}_fractions"] = [float(v) for v in out["fractions"]]
-                if "capped" in out:
-                    rec["extra"][f"{name}_capped"] = int(torch.as_tensor(out["capped"]).sum())
+                _score_explanation(rec, name, mcfg, model, x, target, groups, cell.seed, phi)
         except Exception as exc:  # noqa: BLE001
             msg, permanent = _describe(exc)
             rec["errors"][name], rec["permanent"][name] = msg, permanent
