@@ -23,6 +23,13 @@ from torch import nn
 from evax.metrics.attacks import logit_margin, masked_pgd_l2
 
 
+def _margin(logits: torch.Tensor, target: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
+    """``f_c' - f_c`` for ``contrast >= 0``, ``max_{c' != c} f_c' - f_c`` where ``contrast < 0``."""
+    zc = logits.gather(1, target.view(-1, 1)).squeeze(1)
+    targeted = logits.gather(1, contrast.clamp_min(0).view(-1, 1)).squeeze(1) - zc
+    return torch.where(contrast >= 0, targeted, logit_margin(logits, target))
+
+
 def _linf_pgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -31,14 +38,16 @@ def _linf_pgd(
     eps: float,
     domain: tuple[float, float] | None,
     steps: int,
-    restarts: int,
+    runs: int,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sign-gradient PGD in the box ``[x - eps*free, x + eps*free]`` (clipped to the domain).
 
-    Args: ``x`` ``(M, *S)``, ``target`` ``(M,)``, ``free`` bool ``(M, *S)``.
-    Returns ``(success (M,), points (M, *S))``; restart 0 starts at ``x``, the others uniformly
-    in the box; step ``2.5 * eps / steps`` (Madry et al.'s rule).
+    Args: ``x`` ``(M, *S)``, ``target`` ``(M,)``, ``free`` float 0/1 ``(M, *S)``.
+    Runs: 0 ascends the untargeted margin from ``x``; ``1..K-1`` the margin against the
+    runner-up classes (by logit at ``x``, best first) from ``x``; further runs the untargeted
+    margin from uniform points of the box. Step ``2.5 * eps / steps`` (Madry et al.).
+    Returns ``(success (M,), points (M, *S))``.
     """
     lo, hi = x - eps * free, x + eps * free
     if domain is not None:
@@ -46,20 +55,26 @@ def _linf_pgd(
     success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     best = x.clone()
     alpha = 2.5 * eps / steps
-    for r in range(restarts):
-        if r == 0:
-            xa = x.clone()
+    with torch.no_grad():
+        logits = model(x)
+    runner = logits.scatter(1, target.view(-1, 1), float("-inf")).argsort(dim=1, descending=True)
+    n_classes = logits.shape[1]
+    for r in range(runs):
+        if 1 <= r < n_classes:
+            contrast, xa = runner[:, r - 1], x.clone()
         else:
+            contrast = torch.full_like(target, -1)
             u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-            xa = lo + u * (hi - lo)
+            xa = x.clone() if r == 0 else lo + u * (hi - lo)
         for t in range(steps + 1):
             act = (~success).nonzero().squeeze(1)
             if act.numel() == 0:
                 return success, best
             z = xa[act].requires_grad_(t < steps)
             with torch.set_grad_enabled(t < steps):
-                margin = logit_margin(model(z), target[act])
-            hit = margin.detach() > 0
+                out = model(z)
+                margin = _margin(out, target[act], contrast[act])
+            hit = out.detach().argmax(dim=1) != target[act]
             if hit.any():
                 success[act[hit]] = True
                 best[act[hit]] = z.detach()[hit]
@@ -80,7 +95,7 @@ def find_witnesses(
     p: float,
     domain: tuple[float, float] | None,
     steps: int = 30,
-    restarts: int = 2,
+    restarts: int = 3,
     generator: torch.Generator | None = None,
     batch_size: int = 512,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,6 +105,7 @@ def find_witnesses(
         x: ``(M, *S)`` centres; ``target`` ``(M,)`` their classes; ``free`` bool ``(M, *S)``
             the entries allowed to move.
         eps, p, domain: the ball (``p`` in ``{inf, 2}``; ``p = 1`` returns no witness).
+        steps, restarts: PGD budget (``p = inf``: runs, see :func:`_linf_pgd`).
 
     Returns:
         ``(found (M,) bool, points (M, *S))``: where ``found``, ``points`` is in the set and a

@@ -193,7 +193,8 @@ class Sufficient:
             (binary search only) or ``"smallest"`` (exhaustive, ``G <= max_cells``).
         boxes_per_round: candidate prefixes per image per engine call (``>= 2``).
         counterfactuals: search PGD witnesses for the kept cells of certified results.
-        attack_steps, attack_restarts: the witness attack's budget.
+        attack_steps, attack_restarts: the witness attack's budget (steps per run; runs:
+            untargeted, then against the runner-up classes, then random starts).
         order_method: bound method of the EVA order (default: ``method``).
         max_cells: largest ``G`` accepted by ``search="smallest"``.
         batch_size: boxes per engine chunk (``None``: automatic).
@@ -214,7 +215,7 @@ class Sufficient:
         boxes_per_round: int = 16,
         counterfactuals: bool = True,
         attack_steps: int = 30,
-        attack_restarts: int = 2,
+        attack_restarts: int = 3,
         order_method: str | None = None,
         max_cells: int = 16,
         batch_size: int | None = None,
@@ -440,9 +441,14 @@ class Sufficient:
         x = inputs.detach()
         self._calls = self._boxes = 0
         with eval_mode(self.model):
-            tgt = resolve_target(self.model, x, target)
             with torch.no_grad():
-                n_out = self.model(x[:1]).shape[1]
+                try:
+                    n_out = self.model(x[:1]).shape[1]
+                except RuntimeError as exc:
+                    raise InvalidInputError(
+                        f"the model cannot take inputs of shape {tuple(x.shape[1:])}: {exc}"
+                    ) from None
+            tgt = resolve_target(self.model, x, target)
             if n_out < 2:
                 raise InvalidInputError("a sufficient explanation needs a classifier with at least two outputs")
             variables = Variables(x, self.groups)
