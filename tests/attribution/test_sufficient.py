@@ -431,3 +431,23 @@ def test_other_norms(p):
         norms = (e.counterfactuals - x[img]).flatten(1).norm(dim=1)
         assert (norms <= eps * (1 + 1e-5)).all()
         assert (model(e.counterfactuals).argmax(1) != e.target[img]).all()
+
+
+def test_flat_inputs():
+    """``(N, D)`` inputs: features are the cells; the result equals VeriX's traversal."""
+    model = relu_net(8)[1:]  # drop Flatten: takes (N, 36)
+    x = images(2, seed=17).flatten(1)
+    e = Sufficient(model, 0.15, method="ibp", groups=None, order="verix", domain=(0, 1)).explain(x)
+    assert e.mask.shape == (2, 36) and e.certified.all()
+    for i in range(2):
+        freed = torch.zeros(36, dtype=torch.bool)
+        for u in e.order[i].tolist():
+            trial = freed.clone()
+            trial[u] = True
+            ball = evax.Ball(x[i : i + 1], 0.15, fixed=~trial.view(1, 36), domain=(0, 1))
+            spec = margin_spec(e.target[i].view(1), 3)
+            if evax.bound(model, ball, "ibp", spec).upper.amax() < 0:
+                freed = trial
+        assert torch.equal(e.kept[i], ~freed)
+    with pytest.raises(InvalidInputError, match="image inputs"):
+        Sufficient(model, 0.15, groups=None, order="eva").explain(x)
