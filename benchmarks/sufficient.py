@@ -13,6 +13,10 @@ uniform baseline). A separate *latency* table explains single images (batch of 1
     python benchmarks/sufficient.py                       # everything (long: LeNet5 pixels)
     python benchmarks/sufficient.py --models mnist-mlp --images 5
     python benchmarks/sufficient.py --lenet-pixel-images 3  # fewer digits for LeNet5 pixels
+    python benchmarks/sufficient.py --only-gap --out benchmarks/results/sufficient_gap.json
+
+The gap table compares the greedy set with the exhaustive smallest kept set (same engine
+method, mnist-mlp, a 3x3 grid: 512 subsets per digit).
 
 Writes ``benchmarks/results/sufficient.json`` (or ``--out``).
 """
@@ -81,6 +85,25 @@ def latency(model, images, method: str, eps: float, order: str) -> dict:
             "mean_seconds": sum(times) / len(times), "max_seconds": max(times)}
 
 
+def gap(model, images, method: str, eps: float, n_side: int) -> dict:
+    """Greedy (eva / verix / random orders) against the exhaustive smallest kept set, same
+    engine method, on an ``n_side x n_side`` grid (``2^G`` subsets: tiny ``G`` only)."""
+    import evax
+
+    groups = evax.groups.grid(n_side)
+    common = {"method": method, "groups": groups, "domain": (0.0, 1.0), "counterfactuals": False}
+    start = time.perf_counter()
+    small = evax.Sufficient(model, eps, search="smallest", max_cells=n_side**2, **common).explain(images)
+    out = {"cells": n_side**2, "smallest_mean": float(small.size.double().mean()),
+           "smallest_certified": float(small.certified.double().mean()),
+           "smallest_seconds_per_image": (time.perf_counter() - start) / images.shape[0]}
+    for order in ("eva", "verix", "random"):
+        e = evax.Sufficient(model, eps, order=order, **common).explain(images)
+        out[f"{order}_mean"] = float(e.size.double().mean())
+        out[f"{order}_equal_to_smallest"] = float((e.size == small.size).double().mean())
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(METHODS))
@@ -91,6 +114,9 @@ def main() -> None:
     parser.add_argument("--lenet-pixel-images", type=int, default=None,
                         help="digits for mnist-lenet5 at pixel level (default: --images)")
     parser.add_argument("--latency-images", type=int, default=5)
+    parser.add_argument("--gap-side", type=int, default=3,
+                        help="grid side of the greedy-vs-smallest comparison on mnist-mlp (0: skip)")
+    parser.add_argument("--only-gap", action="store_true", help="run only the greedy-vs-smallest comparison")
     parser.add_argument("--out", default=str(RESULTS / "sufficient.json"))
     args = parser.parse_args()
 
@@ -99,7 +125,19 @@ def main() -> None:
 
     torch.manual_seed(0)
     digits = load_dataset("mnist-samples").images[: args.images]
-    rows, lat = [], []
+    rows, lat, gaps = [], [], []
+    if args.gap_side:
+        mlp = load_model("mnist-mlp", progress=False)
+        for eps in args.eps:
+            gp = gap(mlp, digits, "backward", eps, args.gap_side)
+            gp.update(model="mnist-mlp", method="backward", eps=eps)
+            gaps.append(gp)
+            print(f"gap mnist-mlp eps={eps} {args.gap_side}x{args.gap_side} grid: smallest {gp['smallest_mean']:.2f}, "
+                  f"greedy eva {gp['eva_mean']:.2f} / verix {gp['verix_mean']:.2f} / random {gp['random_mean']:.2f} "
+                  f"(equal to smallest: {gp['eva_equal_to_smallest']:.2f} / {gp['verix_equal_to_smallest']:.2f} / "
+                  f"{gp['random_equal_to_smallest']:.2f})", flush=True)
+    if args.only_gap:
+        args.models = []
     print(f"{'model':<13}{'eps':>5} {'cells':<7}{'order':<9}{'size':>7}{'frac':>6}{'cert':>6}"
           f"{'calls':>6}{'boxes/im':>9}{'s/im':>7}{'witn':>6}{'del':>6}{'ins':>6}")
     for name in args.models:
@@ -134,6 +172,7 @@ def main() -> None:
         "settings": vars(args),
         "rows": rows,
         "latency": lat,
+        "gap": gaps,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
