@@ -86,7 +86,8 @@ class SufficientExplanation:
         order: ``(N, G)`` cells in the order they were tried (least important first).
         scores: ``(N, G)`` the order's importance scores.
         target: ``(N,)`` explained classes.
-        checks: sequential engine calls (``evax.bound`` calls) the search made.
+        checks: sequential engine calls (``evax.bound`` calls) the search made for the whole
+            batch (all images share each call); ``order="eva"`` adds one batched EVA call.
         boxes: boxes bounded in all.
         seconds: wall time (order, search and witnesses).
         witnessed: ``(N, G)`` bool, kept cells for which a counterfactual was found.
