@@ -53,6 +53,9 @@ def test_sufficient_figure(tmp_path):
     x = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(2))
     e = evax.Sufficient(model, 0.15, groups=evax.groups.grid(3), order="verix", domain=(0, 1)).explain(x)
     eva = evax.EVA(model, 0.15, method="backward", groups=evax.groups.grid(3), domain=(0, 1)).attribute(x)
+    e_eva = evax.Sufficient(model, 0.15, method="backward", groups=evax.groups.grid(3), order="eva",
+                            domain=(0, 1)).explain(x)
+    assert torch.allclose(e_eva.order_map(), eva, atol=1e-6)  # the order's map is the EVA map
     path = tmp_path / "sufficient.png"
     fig = sufficient_figure(x, e, eva_maps=eva, path=path)
     assert path.stat().st_size > 1000

@@ -122,6 +122,18 @@ class SufficientExplanation:
     def n_cells(self) -> int:
         return int(self.kept.shape[1])
 
+    def order_map(self) -> torch.Tensor:
+        """The order's scores painted on the pixels, ``(N, H, W)`` (``(N, D)`` flat): with
+        ``order="eva"`` this is the EVA map to draw next to the kept set."""
+        n = self.scores.shape[0]
+        spatial = tuple(self.mask.shape[1:])
+        if self.masks is None:
+            return self.scores.reshape(n, *spatial)
+        m = self.masks.to(self.scores.dtype)
+        eq = "ng,bgp->np" if m.shape[0] == 1 else "ng,ngp->np"
+        total = torch.einsum(eq, self.scores, m)
+        return (total / m.sum(dim=1).clamp_min(1)).reshape(n, *spatial)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (lists): sizes, certificates, kept cells, witnesses."""
         return {
