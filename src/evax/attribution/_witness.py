@@ -40,13 +40,16 @@ def _linf_pgd(
     steps: int,
     runs: int,
     generator: torch.Generator,
+    patience: int = 5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sign-gradient PGD in the box ``[x - eps*free, x + eps*free]`` (clipped to the domain).
 
     Args: ``x`` ``(M, *S)``, ``target`` ``(M,)``, ``free`` float 0/1 ``(M, *S)``.
     Runs: 0 ascends the untargeted margin from ``x``; ``1..K-1`` the margin against the
     runner-up classes (by logit at ``x``, best first) from ``x``; further runs the untargeted
-    margin from uniform points of the box. Step ``2.5 * eps / steps`` (Madry et al.).
+    margin from uniform points of the box. Step ``2.5 * eps / steps`` (Madry et al.). A problem
+    stops early in a run when its margin has not improved (by ``1e-3`` relative) for
+    ``patience`` steps.
     Returns ``(success (M,), points (M, *S))``.
     """
     lo, hi = x - eps * free, x + eps * free
@@ -66,10 +69,12 @@ def _linf_pgd(
             contrast = torch.full_like(target, -1)
             u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
             xa = x.clone() if r == 0 else lo + u * (hi - lo)
+        top = torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
+        stale = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         for t in range(steps + 1):
-            act = (~success).nonzero().squeeze(1)
+            act = (~success & (stale < patience)).nonzero().squeeze(1)
             if act.numel() == 0:
-                return success, best
+                break
             z = xa[act].requires_grad_(t < steps)
             with torch.set_grad_enabled(t < steps):
                 out = model(z)
@@ -80,6 +85,10 @@ def _linf_pgd(
                 best[act[hit]] = z.detach()[hit]
             if t == steps:
                 break
+            mg = margin.detach()
+            improved = mg > top[act] + 1e-3 * mg.abs().clamp_min(1e-3)
+            top[act] = torch.maximum(top[act], mg)
+            stale[act] = torch.where(improved, 0, stale[act] + 1)
             (g,) = torch.autograd.grad(margin.sum(), z)
             step = z.detach() + alpha * g.sign() * free[act]
             xa[act] = torch.minimum(torch.maximum(step, lo[act]), hi[act])
