@@ -126,6 +126,20 @@ def main() -> None:
     torch.manual_seed(0)
     digits = load_dataset("mnist-samples").images[: args.images]
     rows, lat, gaps = [], [], []
+
+    def save() -> None:  # after every configuration: a long run interrupted keeps what it measured
+        out = {
+            "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
+                        "torch": torch.__version__},
+            "note": "other jobs shared the 2-core CPU during the run; times are indicative",
+            "settings": vars(args),
+            "rows": rows,
+            "latency": lat,
+            "gap": gaps,
+        }
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1))
+
     if args.gap_side:
         mlp = load_model("mnist-mlp", progress=False)
         for eps in args.eps:
@@ -153,6 +167,7 @@ def main() -> None:
                     r = run_config(model, imgs, method, eps, groups, order)
                     r.update(model=name, method=method, eps=eps, cells=cells, order=order, images=imgs.shape[0])
                     rows.append(r)
+                    save()
                     print(f"{name:<13}{eps:>5} {cells:<7}{order:<9}{r['mean_size']:>7.1f}{r['mean_fraction']:>6.2f}"
                           f"{r['certified_rate']:>6.2f}{r['checks']:>6}{r['boxes_per_image']:>9.0f}"
                           f"{r['seconds_per_image']:>7.2f}{r['witnessed_fraction']:>6.2f}"
@@ -163,19 +178,10 @@ def main() -> None:
                     lr = latency(model, digits[: args.latency_images], method, eps, order)
                     lr.update(model=name, method=method, eps=eps, order=order)
                     lat.append(lr)
+                    save()
                     print(f"latency {name} eps={eps} pixels order={order}: mean {lr['mean_seconds']:.2f} s, "
                           f"max {lr['max_seconds']:.2f} s per digit (batch of 1)", flush=True)
-    out = {
-        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__},
-        "note": "other jobs shared the 2-core CPU during the run; times are indicative",
-        "settings": vars(args),
-        "rows": rows,
-        "latency": lat,
-        "gap": gaps,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    save()
     print(f"wrote {args.out}")
 
 
