@@ -62,6 +62,7 @@ def run_config(model, images, method: str, eps: float, groups, order: str) -> di
         "checks": e.checks,
         "boxes_per_image": e.boxes / images.shape[0],
         "seconds_per_image": seconds / images.shape[0],
+        "witness_seconds_per_image": e.params["witness_seconds"] / images.shape[0],
         "witnessed_fraction": (int(e.witnessed.sum()) / kept) if kept else 0.0,
         "deletion": m["mean_deletion"],
         "insertion": m["mean_insertion"],
