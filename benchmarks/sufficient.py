@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--latency-images", type=int, default=5)
     parser.add_argument("--gap-side", type=int, default=3,
                         help="grid side of the greedy-vs-smallest comparison on mnist-mlp (0: skip)")
+    parser.add_argument("--only-latency", action="store_true",
+                        help="mnist-mlp single-digit latency only (no table, no gap)")
     parser.add_argument("--only-gap", action="store_true", help="run only the greedy-vs-smallest comparison")
     parser.add_argument("--out", default=str(RESULTS / "sufficient.json"))
     args = parser.parse_args()
@@ -127,6 +129,8 @@ def main() -> None:
     torch.manual_seed(0)
     digits = load_dataset("mnist-samples").images[: args.images]
     rows, lat, gaps = [], [], []
+    if args.only_latency:
+        args.gap_side, args.orders, args.models = 0, [], ["mnist-mlp"]
 
     def save() -> None:  # after every configuration: a long run interrupted keeps what it measured
         out = {
