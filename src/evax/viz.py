@@ -69,3 +69,65 @@ def explanation_figure(
         fig.savefig(path, dpi=120)
         plt.close(fig)
     return fig
+
+
+def sufficient_figure(
+    images: torch.Tensor,
+    explanation,
+    eva_maps: torch.Tensor | None = None,
+    titles: Sequence[str] | None = None,
+    path: str | Path | None = None,
+):
+    """One row per image: the input, its kept set (freed pixels dimmed, kept cells outlined)
+    with the certificate in the caption, and optionally the EVA map next to it.
+
+    Args:
+        images: ``(N, C, H, W)`` in ``[0, 1]``.
+        explanation: a :class:`evax.SufficientExplanation` of ``images``.
+        eva_maps: optional ``(N, H, W)`` EVA heatmaps drawn in a third column.
+        titles: one caption per image (default: ``input i (class c)``).
+        path: where to save the PNG (the figure is returned either way).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = images.shape[0]
+    cols = 3 if eva_maps is not None else 2
+    fig, axes = plt.subplots(n, cols, figsize=(3.2 * cols, 3.0 * n), squeeze=False)
+    g = explanation.n_cells
+    for i in range(n):
+        img = _image(images[i])
+        kept = explanation.mask[i].detach().cpu().numpy().astype(float)
+        cls = int(explanation.target[i])
+        axes[i, 0].imshow(img, cmap="gray", vmin=0, vmax=1)
+        axes[i, 0].set_title(titles[i] if titles else f"input {i} (class {cls})", fontsize=9)
+        shown = img * (0.25 + 0.75 * (kept if img.ndim == 2 else kept[..., None]))
+        axes[i, 1].imshow(shown, cmap="gray", vmin=0, vmax=1)
+        axes[i, 1].imshow(np.ma.masked_where(kept == 0, kept), cmap="autumn", alpha=0.35, vmin=0, vmax=1)
+        if kept.any() and not kept.all():
+            axes[i, 1].contour(kept, levels=[0.5], colors="red", linewidths=0.8)
+        ok = bool(explanation.certified[i])
+        verdict = "certified" if ok else "NOT certified"
+        n_w = int(explanation.witnessed[i].sum())
+        axes[i, 1].set_title(
+            f"kept {int(explanation.size[i])}/{g} cells, {verdict}\n"
+            f"AO bound {float(explanation.ao[i]):.3g}, {n_w} with counterfactual",
+            fontsize=8,
+        )
+        if eva_maps is not None:
+            m = eva_maps[i].detach().cpu()
+            axes[i, 2].imshow(img, cmap="gray", vmin=0, vmax=1)
+            im = axes[i, 2].imshow(m.numpy(), cmap="inferno", alpha=0.6, vmin=0, vmax=float(m.abs().max()) or 1.0)
+            axes[i, 2].set_title("EVA heatmap", fontsize=9)
+            fig.colorbar(im, ax=axes[i, 2], fraction=0.046, pad=0.04)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig
