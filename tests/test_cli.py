@@ -339,3 +339,29 @@ def test_evaluate_rerun_with_more_images_and_metrics_reuses_cells(tmp_path):
     assert runner.invoke(app, [*base, "--n", "2", "--metric", "deletion", "--metric", "insertion"]).exit_code == 0
     text = (tmp_path / "table.md").read_text()
     assert "insertion" in text and "error:" not in text and "missing" not in text
+
+
+def test_sufficient_kind_writes_the_kept_set_the_api_finds(tmp_path):
+    """``--kind sufficient``: the figure, and JSON whose sizes and certificates are the Python
+    API's on the same digits."""
+    import evax
+    from evax import zoo
+
+    args = ["explain", "--kind", "sufficient", "--n", "2", "--method", "backward", "--eps", "0.05",
+            "--grid", "6", "--order", "verix", "--out", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "cells" in result.output and (tmp_path / "sufficient.png").stat().st_size > 5_000
+    data = json.loads((tmp_path / "sufficient.json").read_text())
+    net = zoo.load_model("mnist-mlp")
+    x = zoo.load_dataset("mnist-samples").images[:2]
+    ex = evax.Sufficient(net, 0.05, method="backward", groups=evax.groups.grid(6), order="verix").explain(x)
+    assert data["size"] == ex.size.tolist() and data["certified"] == ex.certified.tolist()
+    assert data["config"]["order"] == "verix" and len(data["names"]) == 2
+
+
+def test_sufficient_kind_bad_order(tmp_path):
+    result = runner.invoke(app, ["explain", "--kind", "sufficient", "--order", "best", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "error: --order" in result.output
+    result = runner.invoke(app, ["explain", "--kind", "nope", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "error: --kind" in result.output
