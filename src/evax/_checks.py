@@ -27,18 +27,18 @@ def check_inputs(inputs: object, name: str = "inputs") -> None:
         raise InvalidInputError(f"{name} must be a torch.Tensor, got {type(inputs).__name__}")
     if inputs.ndim < 2:
         raise InvalidInputError(
-            f"{name} need a batch dimension (N, ...), got shape {tuple(inputs.shape)}; "
+            f"{name} must have a batch dimension (N, ...), got shape {tuple(inputs.shape)}; "
             "use x.unsqueeze(0) for a single input"
         )
     if inputs.shape[0] == 0:
-        raise InvalidInputError(f"{name} are an empty batch (N = 0): pass at least one input")
+        raise InvalidInputError(f"{name}: an empty batch (N = 0): pass at least one input")
     if not inputs.is_floating_point():
         raise InvalidInputError(
             f"{name} must be a floating-point tensor, got {inputs.dtype}; "
             "convert images with x.float() / 255 (evax expects values in [0, 1])"
         )
     if not torch.isfinite(inputs).all():
-        raise InvalidInputError(f"{name} contain NaN or inf")
+        raise InvalidInputError(f"{name}: NaN or inf values")
 
 
 def check_int(name: str, value: object, minimum: int | None = None, optional: bool = False) -> int | None:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
+from evax._checks import check_inputs
 from evax.errors import InvalidInputError
 
 _NORMS = {math.inf: math.inf, 2.0: 2.0, 1.0: 1.0}
@@ -35,25 +36,6 @@ def _as_norm(p: float | int | str) -> float:
     if value not in _NORMS:
         raise InvalidInputError(f"p must be one of inf, 2, 1; got {p!r}")
     return value
-
-
-def _check_center(center: torch.Tensor) -> None:
-    if not isinstance(center, torch.Tensor):
-        raise InvalidInputError(f"center must be a torch.Tensor, got {type(center).__name__}")
-    if center.ndim < 2:
-        raise InvalidInputError(
-            f"center needs a batch dimension (N, ...), got shape {tuple(center.shape)}; "
-            "use center.unsqueeze(0) for a single input"
-        )
-    if center.shape[0] == 0:
-        raise InvalidInputError("center is an empty batch (N = 0): pass at least one input")
-    if not center.is_floating_point():
-        raise InvalidInputError(
-            f"center must be a floating-point tensor, got {center.dtype}; "
-            "convert images with x.float() / 255 (evax expects values in [0, 1])"
-        )
-    if not torch.isfinite(center).all():
-        raise InvalidInputError("center contains NaN or inf")
 
 
 class PerturbationSet(ABC):
@@ -125,8 +107,8 @@ class Box(PerturbationSet):
     """The box ``{x : lower <= x <= upper}`` for a batch; shapes ``(N, *S)``."""
 
     def __init__(self, lower: torch.Tensor, upper: torch.Tensor) -> None:
-        _check_center(lower)
-        _check_center(upper)
+        check_inputs(lower, "lower")
+        check_inputs(upper, "upper")
         if lower.shape != upper.shape:
             raise InvalidInputError(
                 f"lower and upper must have the same shape, got {tuple(lower.shape)} and {tuple(upper.shape)}"
@@ -199,7 +181,7 @@ class Ball(PerturbationSet):
         domain: tuple[float | torch.Tensor, float | torch.Tensor] | None = None,
         sign: int = 0,
     ) -> None:
-        _check_center(center)
+        check_inputs(center, "center")
         if sign not in (0, 1, -1):
             raise InvalidInputError(f"sign must be 0, +1 or -1, got {sign!r}")
         self.sign = int(sign)

@@ -61,14 +61,7 @@ def explanation_figure(
             if n_side <= 12:
                 for (r, c), v in __import__("numpy").ndenumerate(cells):
                     axes[i, 2].text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=4, color="w")
-        for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-    return fig
+    return _finish(fig, axes, path)
 
 
 def sufficient_figure(
@@ -123,9 +116,16 @@ def sufficient_figure(
             im = axes[i, 2].imshow(m.numpy(), cmap="inferno", alpha=0.6, vmin=0, vmax=float(m.abs().max()) or 1.0)
             axes[i, 2].set_title("EVA heatmap", fontsize=9)
             fig.colorbar(im, ax=axes[i, 2], fraction=0.046, pad=0.04)
-        for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
+    return _finish(fig, axes, path)
+
+
+def _finish(fig, axes, path: str | Path | None):
+    """Axes without ticks, a tight layout, saved to ``path`` (and closed) when given."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)

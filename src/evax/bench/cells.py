@@ -283,6 +283,18 @@ def _todo(cell: Cell, rec: dict) -> list[str]:
     return [m for m in _metric_names(cell) if m not in rec["values"] and m not in rec["errors"]]
 
 
+def _explanation_inputs(cell: Cell, rec: dict):
+    """The model, image and target of a cell that explains one image (label and target noted in
+    ``rec``), and the metrics still to compute; ``None`` when the record is already complete."""
+    model = _model(cell.config)
+    x, target, label = _image(cell, model)
+    rec["extra"].update(label=label, target=int(target[0]))
+    todo = _todo(cell, rec)
+    if not todo and "map" in rec["tensors"]:
+        return None
+    return model, x, target, todo
+
+
 def _image(cell: Cell, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, int]:
     if "user_images" in cell.config:
         spec = {**cell.config["user_images"], "limit": cell.config.get("images_limit")}
@@ -322,12 +334,10 @@ def _explanation_map(cell: Cell, rec: dict, model, x, target) -> torch.Tensor | 
 def _attribution_cell(cell: Cell, rec: dict) -> None:
     """EVA paper Tables 1-3: explanation + Deletion, Insertion, muFidelity, Robustness-S_r (+ Tightness)."""
     cfg = cell.config
-    model = _model(cfg)
-    x, target, label = _image(cell, model)
-    rec["extra"].update(label=label, target=int(target[0]))
-    todo = _todo(cell, rec)
-    if not todo and "map" in rec["tensors"]:
+    prepared = _explanation_inputs(cell, rec)
+    if prepared is None:
         return
+    model, x, target, todo = prepared
     try:
         phi = _explanation_map(cell, rec, model, x, target)
     except Exception as exc:  # noqa: BLE001
@@ -488,12 +498,10 @@ def _evaluate_cell(cell: Cell, rec: dict) -> None:
     :func:`_attribution_cell`) and infidelity / max-sensitivity (as :func:`_infidelity_cell`)
     of the same explanation (raw ``(1, C, H, W)`` kept for INFD, the map for the others)."""
     cfg = cell.config
-    model = _model(cfg)
-    x, target, label = _image(cell, model)
-    rec["extra"].update(label=label, target=int(target[0]))
-    todo = _todo(cell, rec)
-    if not todo and "map" in rec["tensors"]:
+    prepared = _explanation_inputs(cell, rec)
+    if prepared is None:
         return
+    model, x, target, todo = prepared
     explainer = Explainer(cfg["method"], model, cell.seed)
     try:
         if "raw" in rec["tensors"]:

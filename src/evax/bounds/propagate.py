@@ -143,7 +143,6 @@ class Propagator:
         ``side="upper"`` (or ``"lower"``) runs the final backward pass for that side only and
         returns ``-inf`` (``+inf``) for the other: half the rows of the most expensive pass of
         CROWN-IBP, for callers that read one side (EVA reads upper bounds of margins)."""
-        self.side = side
         g = self.graph
         use_ibp_chain = "ibp" in self.methods or "backward" in self.methods
         linear_methods = "forward" in self.out_methods or "backward" in self.out_methods
@@ -167,9 +166,7 @@ class Propagator:
                 if use_ibp_chain:
                     self.ibp[i] = self.best[i]
             self._release_forms(i)
-        return self._output_bounds(spec)
-
-    side = "both"
+        return self._output_bounds(spec, side)
 
     def dominated(self, member: str) -> bool:
         """After :meth:`run`: whether ``member`` run on its own would give exactly the bound the
@@ -369,9 +366,7 @@ class Propagator:
         while start < n:
             diff = ((centre[start:] != centre[start]) | (rad[start:] != rad[start])).any(1, keepdim=True)
             far = (diff.flatten(1).sum(1) * 2 > pixels).nonzero()
-            stop = n if far.numel() == 0 else start + int(far[0])
-            if stop == start:  # cannot happen: a box never differs from itself
-                stop = start + 1
+            stop = n if far.numel() == 0 else start + int(far[0])  # > start: diff[0] is all False
             root[start:stop] = start
             differs[start + 1 : stop] = diff[1 : stop - start]
             start = stop
@@ -531,7 +526,7 @@ class Propagator:
         return lower, upper
 
     # ------------------------------------------------------------------------------------------
-    def _output_bounds(self, spec: torch.Tensor | None) -> Interval:
+    def _output_bounds(self, spec: torch.Tensor | None, side: str) -> Interval:
         g = self.graph
         out = g.output
         n = self.inset.batch_size
@@ -556,8 +551,10 @@ class Propagator:
             upper = -self.inset.concretize(-coef_u, -bu)
             cands.append((lower, upper))
         if "backward" in self.out_methods:
-            lam = {"both": lambda: torch.cat([spec, -spec], dim=1), "lower": lambda: spec,
-                   "upper": lambda: -spec}[self.side]()
+            if side == "both":
+                lam = torch.cat([spec, -spec], dim=1)
+            else:
+                lam = spec if side == "lower" else -spec
             widest = max(node.numel for node in g.nodes)
             step = self._box_step(2 * k * widest)
             parts = []
@@ -571,14 +568,14 @@ class Propagator:
                 parts.append(lower)
             lower = torch.cat(parts) if len(parts) > 1 else parts[0]
             inf = torch.full_like(lower[:, :k], torch.inf)
-            if self.side == "both":
+            if side == "both":
                 cands.append((lower[:, :k], -lower[:, k:]))
             else:
-                cands.append((lower, inf) if self.side == "lower" else (-inf, -lower))
+                cands.append((lower, inf) if side == "lower" else (-inf, -lower))
         lo, hi = intersect(cands)
-        if self.side == "upper":
+        if side == "upper":
             lo = torch.full_like(lo, -torch.inf)
-        elif self.side == "lower":
+        elif side == "lower":
             hi = torch.full_like(hi, torch.inf)
         return lo.expand(n, k), hi.expand(n, k)
 
