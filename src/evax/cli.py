@@ -66,7 +66,7 @@ def explain(
     layout: Annotated[str, typer.Option(help="ONNX input layout: auto, nchw or nhwc")] = "auto",
     method: Annotated[
         str, typer.Option(help="bound method, e.g. ibp, backward, ibp+forward+backward")
-    ] = "ibp+forward+backward",
+    ] = "ibp+backward",
     eps: Annotated[float, typer.Option(help="radius of the L-inf perturbation ball")] = 0.5,
     grid: Annotated[int, typer.Option(help="side of the grid of groups")] = 12,
     target: Annotated[int | None, typer.Option(help="class to explain (default: predicted)")] = None,

@@ -30,7 +30,7 @@ from evax import groups as groups_mod
 from evax._checks import as_class_index, check_int
 from evax._modes import eval_mode
 from evax.attribution.base import Attribution, TargetLike, check_inputs, resolve_target
-from evax.bounds.api import bound
+from evax.bounds.api import DEFAULT_METHOD, bound
 from evax.bounds.propagate import parse_method
 from evax.errors import InvalidInputError
 from evax.perturbation import Ball
@@ -139,7 +139,10 @@ class EVA(Attribution):
         eps: radius of the perturbation ball (the paper: 0.5 on MNIST/CIFAR, p=inf).
         p: norm of the ball (``inf``, 2 or 1).
         method: bound method (``"ibp"``, ``"forward"``, ``"backward"``, ``"crown-ibp"``,
-            ``"alpha-crown"`` or a ``+``-combination; see :func:`evax.bound`).
+            ``"alpha-crown"`` or a ``+``-combination; see :func:`evax.bound`). Default
+            ``"ibp+backward"`` (:data:`evax.bounds.DEFAULT_METHOD`); the paper used
+            ``"ibp+forward+backward"`` on MNIST, which gives the same bounds here at 1.4-2.4x
+            the time.
         groups: a grouping (``evax.groups.grid(12)``, ``evax.groups.superpixels(...)``) or masks
             ``(N or 1, G, H, W)`` / a label map ``(N or 1, H, W)``.
         domain: optional ``(lo, hi)`` clipping of the ball (p=inf), e.g. ``(0, 1)``.
@@ -162,7 +165,7 @@ class EVA(Attribution):
         model: nn.Module,
         eps: float = 0.5,
         p: float = math.inf,
-        method: str = "ibp+forward+backward",
+        method: str = DEFAULT_METHOD,
         groups: groups_mod.Grouping | torch.Tensor = DEFAULT_GROUPS,
         domain: tuple[float, float] | None = None,
         batch_size: int | None = None,

@@ -50,6 +50,7 @@ from evax._modes import eval_mode
 from evax.attribution._groups import GroupsLike, Variables, flatten_inputs, progress_bar
 from evax.attribution.base import Attribution, TargetLike, check_inputs, resolve_target
 from evax.attribution.eva import DEFAULT_GROUPS, EVA, margin_spec
+from evax.bounds.api import DEFAULT_METHOD
 from evax.errors import InvalidInputError, NotApplicableError
 from evax.metrics.attacks import box_radius, minimal_l2_distance
 
@@ -318,7 +319,7 @@ class GreedyAO(_Greedy):
         model: nn.Module,
         eps: float = 0.5,
         p: float = math.inf,
-        method: str = "ibp+forward+backward",
+        method: str = DEFAULT_METHOD,
         groups: GroupsLike = DEFAULT_GROUPS,
         n_subsets: int = 100,
         step_fraction: float = 0.1,

@@ -94,6 +94,8 @@ class Propagator:
         skip_stable: let CROWN skip the rows of neurons that are stable for every box when
             they only feed activations with their kink at 0 (same bounds, less work; False
             recomputes every row, for tests).
+        prune_dominated: skip the forward pass where backward runs too (it cannot tighten
+            anything: :func:`forward_dominated`); False computes both, for tests.
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class Propagator:
         local_forms: bool = True,
         skip_stable: bool = True,
         alpha: AlphaOptions | None = None,
+        prune_dominated: bool = True,
     ) -> None:
         self.skip_stable = skip_stable
         self.box_budget = box_budget
@@ -116,8 +119,13 @@ class Propagator:
             node_methods.add("ibp")
         if "alpha-crown" in methods:
             node_methods.add("backward")
-        self.methods = frozenset(node_methods)  # what bounds the intermediate nodes
         out_methods = set(node_methods) | ({"backward"} if "crown-ibp" in methods else set())
+        if prune_dominated:
+            # Forward is dominated by backward on the same relaxations (see forward_dominated):
+            # where both run, forward's forms are never computed.
+            node_methods = forward_dominated(node_methods)
+            out_methods = forward_dominated(out_methods)
+        self.methods = frozenset(node_methods)  # what bounds the intermediate nodes
         self.out_methods = frozenset(out_methods)  # what bounds the output
         self.alpha = (alpha or AlphaOptions()) if "alpha-crown" in methods else None
         # Base passes whose own intermediate bounds have been the coupled run's at every node so
@@ -245,7 +253,6 @@ class Propagator:
 
     def _node_bounds(self, i: int) -> Interval:
         node = self.graph.nodes[i]
-        shape = (self.inset.batch_size, *node.shape)
         if node.op.monotone and all(j in self.best for j in node.inputs):
             # f monotone: f(best bounds of its input) is the exact range over that box, and any
             # forward/backward bound of f(x) is looser: its linear upper bound a_u x + b_u
@@ -253,6 +260,18 @@ class Propagator:
             # and likewise below. So the linear passes are skipped here: these bounds are never
             # looser (downstream relaxations built on them may still, rarely, differ either way).
             return node.op.interval(*[self.best[j] for j in node.inputs])
+        cands = self._candidates(i)
+        best = intersect(list(cands.values()))
+        if len(cands) > 1:
+            for member, cand in cands.items():
+                if member in self.alone and not (torch.equal(best[0], cand[0]) and torch.equal(best[1], cand[1])):
+                    self.alone.discard(member)
+        return best
+
+    def _candidates(self, i: int) -> dict[str, Interval]:
+        """Each enabled method's bounds of node ``i``, ``(N, *shape)`` each."""
+        node = self.graph.nodes[i]
+        shape = (self.inset.batch_size, *node.shape)
         cands: dict[str, Interval] = {}
         if "ibp" in self.methods:
             cands["ibp"] = self.ibp[i]
@@ -268,12 +287,7 @@ class Propagator:
                 # Seeded with the IBP chain only (what backward alone would compute), so that
                 # the coupled run can tell whether the other members changed anything.
                 cands["backward"] = self._backward_node(i, self.ibp[i])
-        best = intersect(list(cands.values()))
-        if len(cands) > 1:
-            for member, cand in cands.items():
-                if member in self.alone and not (torch.equal(best[0], cand[0]) and torch.equal(best[1], cand[1])):
-                    self.alone.discard(member)
-        return best
+        return cands
 
     def _backward_node(self, i: int, ref: Interval) -> Interval:
         """CROWN bounds of node ``i``'s neurons; ``ref`` are sound bounds already known."""
@@ -698,6 +712,32 @@ def parse_method(method: str) -> frozenset[str]:
             "crown-ibp, alpha-crown, any '+'-combination of them, or exact"
         )
     return frozenset(ALIASES[p] for p in parts)
+
+
+def forward_dominated(methods: set[str]) -> set[str]:
+    """``methods`` without ``forward`` when ``backward`` is there too.
+
+    On the same relaxations, a backward (CROWN) bound is never looser than the forward bound of
+    the same quantity. Proof: forward keeps affine bounds ``L_k(x) <= h_k(x) <= U_k(x)`` of every
+    node and resolves each op's coefficients by sign at once (a linear op ``W`` gives
+    ``W+ L + W- U``; a relaxed op the lines ``a_l h + b_l <= g(h) <= a_u h + b_u``, applied to
+    ``L`` or ``U`` by the sign of the slope; max pooling its chosen input and its upper line). Run
+    backward from the same row ``c`` and write, at every cut of the pass, the pending
+    multipliers ``lam_j`` resolved on forward's forms: ``F = sum_j lam_j+ L_j + lam_j- U_j + const``.
+    At the start ``F`` is forward's bound. Each backward step merges coefficients that forward
+    resolved apart: for ``S = sum_t p_t >= 0``, ``sum_t (p_t+ L + p_t- U) = S L + N (U - L)`` with
+    ``N = sum_t p_t- <= 0``, which is ``<= S L = S+ L + S- U`` wherever ``L <= U`` (and likewise
+    for ``S < 0``), so ``F`` only grows, pointwise on the set; at the input ``L = U = x`` and
+    ``F`` is backward's linear bound. Its minimum over the set is therefore >= forward's.
+    Every op's forward and backward rules use the same relaxation object (``Propagator.relax``),
+    so inside one coupled run this holds at every node and at the output: computing forward's
+    forms there would change no bound (tests check it on random nets of every op; the standalone
+    forward run of a combination is a different matter: its own, looser intermediate bounds
+    give different relaxations, so :func:`evax.bounds.api._run_combination` still runs it).
+    """
+    if "backward" in methods:
+        return set(methods) - {"forward"}
+    return set(methods)
 
 
 def _engine_methods(methods: frozenset[str]) -> frozenset[str]:
