@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import evax
-from evax.attribution.eva import EVA
+from evax.attribution.eva import EVA, margin_spec
 from evax.errors import InvalidInputError
 from evax.groups import grid
 
@@ -158,3 +158,21 @@ def test_grid_layout():
     assert torch.equal(
         evax.groups.as_masks(torch.tensor([[[3, 3], [5, 7]]])).sum((2, 3)), torch.tensor([[2, 1, 1]])
     )
+
+
+def test_bound_options_reach_the_engine():
+    """``bound_options`` are evax.bound's keyword arguments: with them EVA's AO equals the
+    engine's bound for the same options; unknown or ill-typed options are refused at once."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(72, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                          nn.Linear(16, 4)).eval()
+    x = torch.rand(2, 2, 6, 6, generator=torch.Generator().manual_seed(0))
+    options = {"alpha_iterations": 7, "alpha_intermediate": True}
+    expl = EVA(model, eps=0.2, method="alpha-crown", groups=grid(3), bound_options=options).explain(x)
+    target = model(x).argmax(1)
+    b = evax.bound(model, evax.Ball(x, 0.2), "alpha-crown", spec=margin_spec(target, 4), **options)
+    torch.testing.assert_close(expl.ao, b.upper.amax(1))
+    with pytest.raises(InvalidInputError, match="unknown bound option"):
+        EVA(model, bound_options={"alpha_steps": 3})
+    with pytest.raises(InvalidInputError, match="alpha_intermediate"):
+        EVA(model, bound_options={"alpha_intermediate": "yes"})

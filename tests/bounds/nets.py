@@ -236,3 +236,7 @@ METHODS = [
     "forward+crown-ibp",
     "alpha-crown",
 ]
+# Methods with options, attacked like METHODS: (method, bound() keyword arguments).
+METHOD_OPTIONS = [
+    ("alpha-crown", {"alpha_intermediate": True, "alpha_iterations": 5}),
+]

@@ -21,7 +21,7 @@ from torch import nn
 
 import evax
 from bounds.attack import _project_l1, attack, project, search
-from bounds.nets import ALL, METHODS, make
+from bounds.nets import ALL, METHOD_OPTIONS, METHODS, make
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -92,10 +92,10 @@ def check_case(arch: str, norm: float, variant: str, options: dict) -> None:
     ball = _ball(norm, variant, _seed(arch, norm, variant))
     for spec in (None, _margins(model, ball)):
         found = search(model, ball, spec, generator=_gen("attack", arch, norm, variant, spec is None), **options)
-        for method in METHODS:
-            result = found.against(evax.bound(model, ball, method, spec=spec))
+        for method, kwargs in [(m, {}) for m in METHODS] + METHOD_OPTIONS:
+            result = found.against(evax.bound(model, ball, method, spec=spec, **kwargs))
             what = "margins" if spec is not None else "outputs"
-            assert result.violation.max() <= TOL, f"{arch} {method} p={norm} {variant} {what}: {result.worst()}"
+            assert result.violation.max() <= TOL, f"{arch} {method} {kwargs} p={norm} {variant} {what}: {result.worst()}"
 
 
 @pytest.mark.parametrize(("arch", "norm", "variant"), FAST_GRID)
@@ -129,9 +129,9 @@ def test_attack_never_beats_the_bounds_of_eva_boxes(arch):
     ball = _eva_ball(ALL.index(arch))
     spec = _margins(model, ball)
     found = search(model, ball, spec, generator=_gen("eva attack", arch), **FAST)
-    for method in METHODS:
-        result = found.against(evax.bound(model, ball, method, spec=spec))
-        assert result.violation.max() <= TOL, f"{arch} {method} EVA boxes: {result.worst()}"
+    for method, kwargs in [(m, {}) for m in METHODS] + METHOD_OPTIONS:
+        result = found.against(evax.bound(model, ball, method, spec=spec, **kwargs))
+        assert result.violation.max() <= TOL, f"{arch} {method} {kwargs} EVA boxes: {result.worst()}"
 
 
 def check_certified(arch: str, norm: float, variant: str, methods: list[str]) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import evax
-from bounds.nets import ALL, METHODS, make
+from bounds.nets import ALL, METHOD_OPTIONS, METHODS, make
 
 N_POINTS = 10_000
 
@@ -36,7 +36,8 @@ def assert_sound(model, ball, methods, n=N_POINTS, seed=0):
     with torch.no_grad():
         out = model(pts.reshape(-1, *ball.shape)).reshape(pts.shape[0], ball.batch_size, -1)
     for method in methods:
-        b = evax.bound(model, ball, method)
+        method, kwargs = method if isinstance(method, tuple) else (method, {})
+        b = evax.bound(model, ball, method, **kwargs)
         tol = 1e-4 * (1 + out.abs())
         assert (b.lower <= b.upper).all(), method
         below = (out < b.lower - tol).sum().item()
@@ -57,7 +58,7 @@ CASES = [
 def test_sampled_outputs_inside_bounds(arch, norm, variant):
     model = make(arch, seed=ALL.index(arch))
     ball = _random_ball(norm, variant, seed=zlib.crc32(repr((arch, norm, variant)).encode()) % 1000)
-    assert_sound(model, ball, METHODS)
+    assert_sound(model, ball, METHODS + METHOD_OPTIONS)
 
 
 @pytest.mark.parametrize("arch", ALL)
@@ -75,8 +76,8 @@ def test_spec_margins_inside_bounds(arch):
     with torch.no_grad():
         out = model(pts.reshape(-1, *ball.shape)).reshape(4000, 3, n_out)
     margins = torch.einsum("bkn,sbn->sbk", spec, out)
-    for method in METHODS:
-        b = evax.bound(model, ball, method, spec=spec)
+    for method, kwargs in [(m, {}) for m in METHODS] + METHOD_OPTIONS:
+        b = evax.bound(model, ball, method, spec=spec, **kwargs)
         tol = 1e-4 * (1 + margins.abs())
         assert ((margins >= b.lower - tol) & (margins <= b.upper + tol)).all(), method
 

@@ -29,7 +29,8 @@ from evax import groups as groups_mod
 from evax._modes import eval_mode
 from evax.attribution.base import Attribution, TargetLike, check_inputs, resolve_target
 from evax.attribution.eva import DEFAULT_GROUPS, Explanation, _norm_name, margin_spec
-from evax.bounds.api import bound
+from evax.bounds.api import DEFAULT_METHOD, bound, check_bound_options
+from evax.bounds.propagate import parse_method
 from evax.errors import InvalidInputError, UnsupportedLayerError
 from evax.perturbation import Ball, Box
 
@@ -209,10 +210,12 @@ class HybridEVA(_SamplingEVA):
         split: name of the module whose output is ``h(x)`` (e.g. ``"flatten"`` or
             ``"features"`` for the zoo's EfficientNet-Lite0).
         n_samples: samples of the ball per image to estimate the activation boxes.
-        method: bound method used through ``g``. Default ``"ibp+backward"``: the forward mode
-            costs (activation size) x (width of ``g``) per box, prohibitive at a conv layer
-            (e.g. 1280 x 7 x 7 for EfficientNet's last feature map).
+        method: bound method used through ``g``. Default ``"ibp+backward"``
+            (:data:`evax.bounds.DEFAULT_METHOD`): the forward mode costs (activation size) x
+            (width of ``g``) per box, prohibitive at a conv layer (e.g. 1280 x 7 x 7 for
+            EfficientNet's last feature map).
         eps, p, groups, domain, batch_size, seed: as :class:`EmpiricalEVA`.
+        bound_options: keyword arguments of :func:`evax.bound` for the method (as :class:`EVA`).
 
     The explanation's ``ao`` is *not* a guaranteed bound (the sampled activation boxes can miss
     extremes of ``h``); everything after the split is verified for those boxes.
@@ -227,16 +230,20 @@ class HybridEVA(_SamplingEVA):
         eps: float = 0.5,
         p: float = math.inf,
         n_samples: int = 64,
-        method: str = "ibp+backward",
+        method: str = DEFAULT_METHOD,
         groups=DEFAULT_GROUPS,
         domain=None,
         batch_size: int | None = None,
         seed: int = 0,
         allow_overlap: bool = False,
+        bound_options=None,
     ) -> None:
         super().__init__(model, eps, p, n_samples, groups, domain, batch_size or 256, seed, allow_overlap)
+        if method != "exact":
+            parse_method(method)  # validate now, with a clear error
         self.split = split
         self.method = method
+        self.bound_options = check_bound_options(bound_options)
         self.tail = split_tail(model, split)
         self._module = dict(model.named_modules())[split]
 
@@ -277,7 +284,7 @@ class HybridEVA(_SamplingEVA):
             boxes = Box(torch.cat(lows), torch.cat(highs))
             g = masks.shape[1]
             spec = margin_spec(tgt, n_out).repeat_interleave(1 + g, dim=0)
-            b = bound(self.tail, boxes, self.method, spec, side="upper")
+            b = bound(self.tail, boxes, self.method, spec, side="upper", **self.bound_options)
             ao_all = b.upper.amax(dim=1).view(inputs.shape[0], 1 + g)
         ao = ao_all[:, 0]
         ao_fixed = torch.minimum(ao_all[:, 1:], ao.unsqueeze(1))

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,7 +32,7 @@ from evax import groups as groups_mod
 from evax._checks import as_class_index, check_int
 from evax._modes import eval_mode
 from evax.attribution.base import Attribution, TargetLike, check_inputs, resolve_target
-from evax.bounds.api import DEFAULT_METHOD, bound
+from evax.bounds.api import DEFAULT_METHOD, bound, check_bound_options
 from evax.bounds.propagate import parse_method
 from evax.errors import InvalidInputError
 from evax.perturbation import Ball
@@ -150,6 +152,8 @@ class EVA(Attribution):
             engine as one batch, chunked by this).
         allow_overlap: accept overlapping groups.
         certify: float64 with a rounding margin (see :func:`evax.bound`).
+        bound_options: keyword arguments of :func:`evax.bound` for the method, e.g.
+            ``{"alpha_iterations": 50, "alpha_intermediate": True}`` with ``"alpha-crown"``.
 
     ``attribute(inputs, target=None) -> (N, H, W)``; ``explain(...)`` returns the full
     :class:`Explanation`. ``target`` defaults to the predicted class. ``contrast=c'`` gives a
@@ -171,9 +175,11 @@ class EVA(Attribution):
         batch_size: int | None = None,
         allow_overlap: bool = False,
         certify: bool = False,
+        bound_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(model)
         check_int("batch_size", batch_size, minimum=1, optional=True)
+        self.bound_options = check_bound_options(bound_options)
         Ball(torch.zeros(1, 1), eps, p)  # validate eps and p now, with a clear error
         if method != "exact":
             parse_method(method)  # and the method
@@ -194,7 +200,7 @@ class EVA(Attribution):
         ball = Ball(center, self.eps, self.p, fixed_masks(masks, n, c), self.domain, sign=sign)
         spec_all = spec.repeat_interleave(1 + g, dim=0)
         b = bound(self.model, ball, self.method, spec_all, batch_size=self.batch_size, certify=self.certify,
-                  side="upper")
+                  side="upper", **self.bound_options)
         return b.upper.amax(dim=1).view(n, 1 + g).to(inputs.dtype)
 
     def explain(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -137,6 +139,35 @@ def _run_combination(graph: Graph, inset: PerturbationSet, methods: frozenset[st
     return lo, hi
 
 
+def _alpha_options(iterations, lr, intermediate) -> AlphaOptions:
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise InvalidInputError(f"alpha_iterations must be an int >= 0, got {iterations!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+        raise InvalidInputError(f"alpha_lr must be a finite number > 0, got {lr!r}")
+    if not isinstance(intermediate, bool):
+        raise InvalidInputError(f"alpha_intermediate must be True or False, got {intermediate!r}")
+    return AlphaOptions(iterations, float(lr), intermediate)
+
+
+BOUND_OPTIONS = ("alpha_iterations", "alpha_lr", "alpha_intermediate")
+
+
+def check_bound_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate the method options an explainer forwards to :func:`bound` (``alpha_iterations``,
+    ``alpha_lr``, ``alpha_intermediate``); returns them as a dict (``{}`` for ``None``)."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise InvalidInputError(f"bound_options must be a dict, got {type(options).__name__}")
+    unknown = sorted(set(options) - set(BOUND_OPTIONS))
+    if unknown:
+        raise InvalidInputError(f"unknown bound option(s) {unknown}; known: {list(BOUND_OPTIONS)}")
+    defaults = {"alpha_iterations": 20, "alpha_lr": 0.5, "alpha_intermediate": False}
+    merged = {**defaults, **options}
+    _alpha_options(merged["alpha_iterations"], merged["alpha_lr"], merged["alpha_intermediate"])
+    return dict(options)
+
+
 def bound(
     model: nn.Module,
     ball: PerturbationSet,
@@ -147,6 +178,7 @@ def bound(
     certify: bool = False,
     alpha_iterations: int = 20,
     alpha_lr: float = 0.5,
+    alpha_intermediate: bool = False,
     side: str = "both",
 ) -> Bounds:
     """Guaranteed bounds of ``spec @ model(x)`` for every ``x`` in ``ball``.
@@ -182,6 +214,10 @@ def bound(
             network this engine can handle), so the guarantee survives floating point.
         alpha_iterations: alpha-CROWN's Adam steps (``0`` gives CROWN's bound).
         alpha_lr: alpha-CROWN's learning rate.
+        alpha_intermediate: alpha-CROWN optimises the slopes for every intermediate node's
+            bounds too (each node's own slopes, both sides; ``alpha_iterations`` times CROWN's
+            cost per node; see :class:`~evax.bounds.propagate.AlphaOptions`). Default False:
+            CROWN intermediate bounds.
         side: ``"both"``; or ``"upper"`` / ``"lower"`` when only that side is read: the final
             backward pass then bounds only its rows (half the work of CROWN-IBP's main pass),
             and the other side comes back as ``-inf`` / ``+inf``. Intermediate bounds are
@@ -200,11 +236,7 @@ def bound(
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise InvalidInputError(f"batch_size must be a positive int or None, got {batch_size!r}")
-    if isinstance(alpha_iterations, bool) or not isinstance(alpha_iterations, int) or alpha_iterations < 0:
-        raise InvalidInputError(f"alpha_iterations must be an int >= 0, got {alpha_iterations!r}")
-    if isinstance(alpha_lr, bool) or not isinstance(alpha_lr, (int, float)) or not 0 < alpha_lr < float("inf"):
-        raise InvalidInputError(f"alpha_lr must be a finite number > 0, got {alpha_lr!r}")
-    alpha = AlphaOptions(alpha_iterations, float(alpha_lr))
+    alpha = _alpha_options(alpha_iterations, alpha_lr, alpha_intermediate)
     if side not in ("both", "upper", "lower"):
         raise InvalidInputError(f"side must be 'both', 'upper' or 'lower', got {side!r}")
 
