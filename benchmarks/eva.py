@@ -9,7 +9,8 @@ by the number of images, and the mean AO(x, B) upper bound over the images (EVA 
 ``evax.bound`` on exactly the same boxes and margin specification, so ``ratio`` is what EVA adds
 beyond the bound computation (the issue's target: within 1.3x).
 
-    python benchmarks/eva.py                 # ibp, backward, ibp+forward+backward; batches 1, 8, 32
+    python benchmarks/eva.py                 # the METHODS below; batches 1, 8, 32
+    python benchmarks/eva.py --methods backward alpha-crown@intermediate,iters=20
     python benchmarks/eva.py --quick         # one run, batches 1 and 8
     python benchmarks/eva.py --model cifar-paper --methods crown-ibp backward --runs 1 --batches 1
         # the EVA paper's CIFAR-10 CNN (Conv 128-80-64, MaxPool, Dense 64-10, seeded weights as
@@ -30,7 +31,25 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = ("ibp", "backward", "ibp+forward+backward")
+METHODS = ("ibp", "backward", "ibp+backward", "ibp+forward+backward", "alpha-crown", "alpha-crown@intermediate")
+
+
+def split_method(spec: str) -> tuple[str, dict]:
+    """``"alpha-crown@intermediate"`` -> ``("alpha-crown", {"alpha_intermediate": True})``;
+    options after ``@``, comma-separated: ``intermediate``, ``iters=N``, ``lr=X``."""
+    method, _, opts = spec.partition("@")
+    options: dict = {}
+    for opt in filter(None, opts.split(",")):
+        key, _, value = opt.partition("=")
+        if key == "intermediate":
+            options["alpha_intermediate"] = True
+        elif key == "iters":
+            options["alpha_iterations"] = int(value)
+        elif key == "lr":
+            options["alpha_lr"] = float(value)
+        else:
+            raise SystemExit(f"unknown method option {opt!r} in {spec!r}")
+    return method, options
 
 
 def load_images(n: int) -> torch.Tensor:
@@ -74,7 +93,8 @@ def time_explanations(model, images: torch.Tensor, method: str, runs: int) -> tu
     no warm-up, for the slow CIFAR cases)."""
     import evax
 
-    explainer = evax.EVA(model, eps=0.5, method=method)
+    method, options = split_method(method)
+    explainer = evax.EVA(model, eps=0.5, method=method, bound_options=options)
     if runs > 1:
         explanation = explainer.explain(images)  # warm-up (allocator, thread pool)
     times = []
@@ -90,6 +110,7 @@ def time_engine(model, images: torch.Tensor, method: str, runs: int) -> float:
     import evax
     from evax.attribution.eva import DEFAULT_GROUPS, fixed_masks, margin_spec
 
+    method, options = split_method(method)
     n, c = images.shape[:2]
     masks = evax.groups.resolve(DEFAULT_GROUPS, images, False)
     g = masks.shape[1]
@@ -97,13 +118,26 @@ def time_engine(model, images: torch.Tensor, method: str, runs: int) -> float:
     ball = evax.Ball(center, 0.5, fixed=fixed_masks(masks, n, c))
     spec = margin_spec(model(images).argmax(1), 10).repeat_interleave(1 + g, dim=0)
     if runs > 1:
-        evax.bound(model, ball, method, spec, side="upper")
+        evax.bound(model, ball, method, spec, side="upper", **options)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        evax.bound(model, ball, method, spec, side="upper")  # EVA reads upper bounds only
+        evax.bound(model, ball, method, spec, side="upper", **options)  # EVA reads upper bounds only
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def summarise(rows: list[dict]) -> list[str]:
+    """The issue's ratios, per batch: each method's time and mean AO against ``backward``'s."""
+    lines = []
+    by = {(r["method"], r["batch"]): r for r in rows}
+    for (method, batch), r in by.items():
+        ref = by.get(("backward", batch))
+        if ref is None or method == "backward":
+            continue
+        lines.append(f"batch {batch}: {method} takes {r['s_per_explanation'] / ref['s_per_explanation']:.2f}x "
+                     f"backward's time; mean AO {r['mean_ao']:.3f} vs {ref['mean_ao']:.3f}")
+    return lines
 
 
 def main() -> None:
@@ -122,7 +156,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     model, images = load(args.model, max(args.batches))
     rows = []
-    header = f"{'method':<22}{'batch':>6}{'s/explanation':>15}{'engine s/image':>16}{'ratio':>7}{'mean AO(B)':>12}"
+    header = f"{'method':<26}{'batch':>6}{'s/explanation':>15}{'engine s/image':>16}{'ratio':>7}{'mean AO(B)':>12}"
     print(header)
     print("-" * len(header))
     for method in args.methods:
@@ -141,7 +175,10 @@ def main() -> None:
                     "mean_ao": tightness,
                 }
             )
-            print(f"{method:<22}{batch:>6}{per_image:15.4f}{ref:16.4f}{ratio:7.2f}{tightness:12.3f}")
+            print(f"{method:<26}{batch:>6}{per_image:15.4f}{ref:16.4f}{ratio:7.2f}{tightness:12.3f}")
+    summary = summarise(rows)
+    for line in summary:
+        print(line)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     out = {
         "machine": {
@@ -152,6 +189,7 @@ def main() -> None:
         },
         "settings": {"model": args.model, "eps": 0.5, "p": "inf", "grid": 12, "runs": args.runs},
         "rows": rows,
+        "summary": summary,
     }
     args.out.write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
