@@ -79,9 +79,9 @@ def test_stable_neuron_skipping_matches_full_crown(monkeypatch):
     rows_seen: list[int] = []
     original = Propagator._backward_rows
 
-    def counting(self, i, rows):
+    def counting(self, i, rows, *args, **kwargs):
         rows_seen.append(rows.numel())
-        return original(self, i, rows)
+        return original(self, i, rows, *args, **kwargs)
 
     monkeypatch.setattr(Propagator, "_backward_rows", counting)
     fast = Propagator(graph, ball, frozenset({"backward"})).run(None)
