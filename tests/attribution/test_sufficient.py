@@ -302,6 +302,56 @@ def test_counterfactuals_are_real_and_inside_the_ball():
     assert missed == 0
 
 
+def test_exact_method_witnesses_every_kept_cell_by_milp():
+    """method='exact': a nearly blind PGD (1 step, 1 run) misses witnesses; the MILP, complete,
+    finds one for every kept cell of every certified result, each inside the ball (only the
+    freed cells and the tested cell move, domain respected) and a real class change."""
+    model = relu_net(4, hidden=6)
+    x = images(3, seed=5)
+    eps = 0.2
+    e = Sufficient(model, eps, method="exact", groups=evax.groups.grid(3), order="verix", domain=(0, 1),
+                   attack_steps=1, attack_restarts=1).explain(x)
+    must = e.kept & e.certified.unsqueeze(1)
+    assert must.any()
+    assert torch.equal(e.witnessed, must)
+    img, cell = e.counterfactual_index[:, 0], e.counterfactual_index[:, 1]
+    masks = cell_masks(evax.groups.grid(3), x)
+    moved = (e.counterfactuals - x[img]).abs().flatten(1)
+    assert (moved <= eps + 1e-6).all()
+    assert ((e.counterfactuals >= 0) & (e.counterfactuals <= 1)).all()
+    allowed = ~e.kept[img].clone()
+    allowed[torch.arange(img.shape[0]), cell] = True
+    pixel_allowed = (masks.unsqueeze(0) & allowed.view(*allowed.shape, 1, 1)).any(1).flatten(1)
+    assert (moved[~pixel_allowed] == 0).all()
+    with torch.no_grad():
+        cls = model(e.counterfactuals).argmax(1)
+    assert (cls != e.target[img]).all() and torch.equal(cls, e.counterfactual_class)
+
+
+def test_exact_counterexample_is_the_milp_maximiser():
+    """The MILP's point attains its optimum: the model's margin there equals the exact upper
+    bound of the margin rows (and lies in the box); no point is returned for a certified box."""
+    from evax.bounds.api import get_graph
+    from evax.bounds.exact import exact_counterexamples
+
+    model = relu_net(2, hidden=5).double()
+    x = images(2, seed=3).double()
+    tgt = model(x).argmax(1)
+    spec = margin_spec(tgt, 3).double()
+    graph = get_graph(model, tuple(x.shape[1:]), x.device, torch.float64)
+    for eps, expect_found in ((0.5, True), (1e-4, False)):
+        ball = evax.Ball(x, eps, domain=(0, 1))
+        found, pts, values = exact_counterexamples(graph, ball, spec)
+        upper = evax.bound(model, ball, "exact", spec).upper.amax(1)
+        torch.testing.assert_close(values, upper, rtol=1e-7, atol=1e-7)
+        lo, hi = ball.interval()
+        assert ((pts >= lo) & (pts <= hi)).all()
+        with torch.no_grad():
+            margin = (spec @ model(pts).unsqueeze(-1)).squeeze(-1).amax(1)
+        torch.testing.assert_close(margin, values, rtol=1e-6, atol=1e-6)
+        assert bool(found.all()) is expect_found and torch.equal(found, values > 0)
+
+
 # -- edge cases ---------------------------------------------------------------------------------
 def test_whole_ball_certified_gives_empty_set():
     model = relu_net()

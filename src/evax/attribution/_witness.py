@@ -143,3 +143,44 @@ def find_witnesses(
         found[chunk] = ok
         points[chunk[ok]] = pts[ok].detach()
     return found, points
+
+
+def exact_witnesses(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    free: torch.Tensor,
+    eps: float,
+    domain: tuple[float, float] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Complete witness search by MILP (tiny piecewise-linear nets, ``p = inf`` only).
+
+    Each problem's MILP maximises the margin ``f_c' - f_c`` over the box of its free entries
+    (:func:`evax.bounds.exact.exact_counterexamples`): when its optimum is <= 0 no witness
+    exists at all. A returned point is confirmed like a PGD one, by a forward pass of ``model``
+    in its own dtype (a maximiser on the decision boundary, optimum ~0, is not a class change).
+
+    Args and returns: as :func:`find_witnesses`.
+    """
+    from evax.attribution.eva import margin_spec
+    from evax.bounds.api import get_graph
+    from evax.bounds.exact import exact_counterexamples
+    from evax.perturbation import Ball
+
+    m = x.shape[0]
+    found = torch.zeros(m, dtype=torch.bool, device=x.device)
+    points = x.clone()
+    if m == 0:
+        return found, points
+    with torch.no_grad():
+        n_out = model(x[:1]).shape[1]
+    graph = get_graph(model, tuple(x.shape[1:]), x.device, torch.float64)
+    ball = Ball(x.double(), eps, math.inf, ~free.bool(), domain)
+    ok, pts, _ = exact_counterexamples(graph, ball, margin_spec(target, n_out).double())
+    pts = pts.to(x.dtype)
+    with torch.no_grad():
+        changed = model(pts).argmax(dim=1) != target
+    ok = ok & changed
+    found[ok] = True
+    points[ok] = pts[ok]
+    return found, points

@@ -42,7 +42,10 @@ class ``c``; the search always returns a set. If the engine cannot certify even 
 **Counterfactuals.** For each kept cell ``u`` of a certified result, a PGD attack searches a
 point of ``B`` that moves only ``F_final + {u}`` and changes the class: a concrete proof that
 ``S - {u}`` is not sufficient. Cells with such a witness are flagged in ``witnessed``; for the
-others necessity rests on the bound alone (the bound may be loose).
+others necessity rests on the bound alone (the bound may be loose). With ``method="exact"``
+(``p = inf``) the cells PGD missed go to the MILP, which is complete: there every kept cell of a
+greedy result is witnessed (the MILP's positive optimum is the reason it was kept), up to a
+maximiser exactly on the decision boundary, which a forward pass does not count as a change.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ from torch import nn
 
 from evax._modes import eval_mode
 from evax.attribution._groups import GroupsLike, Variables
-from evax.attribution._witness import find_witnesses
+from evax.attribution._witness import exact_witnesses, find_witnesses
 from evax.attribution.base import TargetLike, check_inputs, resolve_target
 from evax.attribution.eva import DEFAULT_GROUPS, EVA, _norm_name, margin_spec
 from evax.bounds.api import bound
@@ -522,7 +525,8 @@ class Sufficient:
         return self.explain(inputs, target).mask.to(inputs.dtype)
 
     def _witnesses(self, x, tgt, variables, freed, kept, certified):
-        """PGD counterfactuals for the kept cells of certified results (module docstring)."""
+        """Counterfactuals for the kept cells of certified results (module docstring): PGD,
+        then, with ``method="exact"`` and ``p = inf``, the MILP for the cells PGD missed."""
         n, g = kept.shape
         witnessed = torch.zeros_like(kept)
         pairs = (kept & certified.unsqueeze(1)).nonzero()
@@ -538,6 +542,11 @@ class Sufficient:
             self.model, x[img], tgt[img], free, self.eps, self.p, self.domain,
             self.attack_steps, self.attack_restarts, gen,
         )
+        if self.method == "exact" and self.p == math.inf and not found.all():
+            rest = (~found).nonzero().squeeze(1)  # PGD failed: the MILP settles it
+            ok, exact_pts = exact_witnesses(self.model, x[img[rest]], tgt[img[rest]], free[rest], self.eps, self.domain)
+            found[rest[ok]] = True
+            pts[rest[ok]] = exact_pts[ok]
         witnessed[img[found], cell[found]] = True
         cf = pts[found]
         with torch.no_grad():

@@ -57,6 +57,47 @@ def exact_bounds(graph: Graph, inset: PerturbationSet, spec: torch.Tensor | None
     return torch.as_tensor(lows, device=dev), torch.as_tensor(highs, device=dev)
 
 
+def exact_counterexamples(graph: Graph, inset: PerturbationSet, spec: torch.Tensor):
+    """For each box, the point maximising its specification rows, when that maximum is > 0.
+
+    Used with margin rows ``f_c' - f_c``: a positive maximum is a point of the box that a
+    classifier puts in class ``c'`` (or ties it), found by the same MILP as
+    :func:`exact_bounds`, so the search is complete: no point is returned only when none exists.
+
+    Args:
+        graph, inset: as :func:`exact_bounds` (``p=inf`` boxes); ``spec`` ``(N, K, n_out)``.
+
+    Returns:
+        ``(found (N,) bool, points (N, *S) float64, values (N,))``: ``points[b]`` (clipped into
+        the box against solver round-off) maximises the best row of box ``b``, of optimal value
+        ``values[b]``; ``found`` where that value is > 0. Points where nothing was found are the
+        box centres.
+    """
+    if isinstance(inset, Ball) and inset.p != math.inf:
+        raise InvalidInputError("exact counterexamples support only p=inf balls (boxes)")
+    cpu = inset.to(device="cpu", dtype=torch.float64)
+    graph = copy.deepcopy(graph).to(device="cpu", dtype=torch.float64)
+    prop = Propagator(graph, cpu, frozenset({"ibp", "forward", "backward"}))
+    prop.run(None)
+    spec_np = spec.detach().cpu().double().numpy()
+    lo, hi = cpu.interval()
+    points = cpu.center.clone()
+    values = np.full(cpu.batch_size, -np.inf)
+    d = points[0].numel()
+    for b in range(cpu.batch_size):
+        model, out = _build_problem(graph, cpu, prop, b)
+        for k in range(spec_np.shape[1]):
+            objective = dict(zip(out.tolist(), spec_np[b, k].tolist(), strict=True))
+            value, x = model.solve_point(objective, maximize=True)
+            if value > values[b]:
+                values[b] = value
+                points[b] = torch.as_tensor(x[:d]).view(points[b].shape)  # the input block
+    points = torch.minimum(torch.maximum(points, lo), hi)
+    dev = inset.center.device
+    values_t = torch.as_tensor(values, device=dev)
+    return values_t > 0, points.to(dev), values_t
+
+
 def _node_bounds(prop: Propagator, j: int, b: int) -> tuple[np.ndarray, np.ndarray]:
     """Sound bounds of node ``j`` for box ``b``: the best proven, else the IBP chain."""
     lo, hi = prop.best.get(j, prop.ibp.get(j))

@@ -102,6 +102,10 @@ class MILP:
 
     def solve(self, objective: dict[int, float] | np.ndarray, maximize: bool = False) -> float:
         """Optimal value of the linear objective (``(n_var,)`` or sparse ``{var: coef}``)."""
+        return self.solve_point(objective, maximize)[0]
+
+    def solve_point(self, objective: dict[int, float] | np.ndarray, maximize: bool = False) -> tuple[float, np.ndarray]:
+        """Optimal value and an optimal assignment ``(n_var,)`` of every variable."""
         c = np.zeros(self.n_var)
         if isinstance(objective, dict):
             for k, v in objective.items():
@@ -125,4 +129,4 @@ class MILP:
                    options={"mip_rel_gap": 0.0})
         if not res.success:
             raise RuntimeError(f"MILP solver failed: {res.message}")
-        return sign * res.fun
+        return sign * res.fun, np.asarray(res.x)
