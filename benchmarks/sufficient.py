@@ -16,6 +16,8 @@ shared).
     python benchmarks/sufficient.py --models mnist-mlp --images 5
     python benchmarks/sufficient.py --lenet-pixel-images 3  # fewer digits for LeNet5 pixels
     python benchmarks/sufficient.py --only-gap --out benchmarks/results/sufficient_gap.json
+    python benchmarks/sufficient.py --models mnist-mlp --cells grid12 --method alpha-crown \
+        --gap-side 0 --latency-images 0 --out benchmarks/results/sufficient_alpha.json
 
 The gap table compares the greedy set with the exhaustive smallest kept set (same engine
 method, mnist-mlp, a 3x3 grid: 512 subsets per digit).
@@ -124,6 +126,9 @@ def main() -> None:
     parser.add_argument("--only-latency", action="store_true",
                         help="mnist-mlp single-digit latency only (no table, no gap)")
     parser.add_argument("--only-gap", action="store_true", help="run only the greedy-vs-smallest comparison")
+    parser.add_argument("--method", default=None,
+                        help="bound method for every model (default: backward on mnist-mlp, crown-ibp on LeNet5), "
+                             "e.g. alpha-crown")
     parser.add_argument("--out", default=str(RESULTS / "sufficient.json"))
     args = parser.parse_args()
 
@@ -165,7 +170,7 @@ def main() -> None:
           f"{'calls':>6}{'boxes/im':>9}{'s/im':>7}{'witn':>6}{'del':>6}{'ins':>6}")
     for name in args.models:
         model = load_model(name, progress=False)
-        method = METHODS.get(name, "backward")
+        method = args.method or METHODS.get(name, "backward")
         for eps in args.eps:
             for cells in args.cells:
                 groups = None if cells == "pixels" else evax.groups.grid(12)

@@ -22,7 +22,15 @@ def test_main_job_writes_png_and_json(tmp_path):
     data = json.loads((tmp_path / "eva.json").read_text())
     assert len(data["images"]) == 2
     scores = np.array(data["images"][0]["scores"])
-    assert scores.shape == (144,) and (scores >= 0).all() and scores.max() > 0
+    assert scores.shape == (196,) and (scores >= 0).all() and scores.max() > 0  # 14x14 equal cells
+    assert data["config"]["cells"] == [14, 14] and data["config"]["equal_cells"] is True
+
+
+def test_paper_grid_keeps_12_by_12(tmp_path):
+    result = runner.invoke(app, ["explain", "--n", "1", "--method", "ibp", "--paper-grid", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "eva.json").read_text())
+    assert len(data["images"][0]["scores"]) == 144 and data["config"]["cells"] == [12, 12]
 
 
 def test_targeted_and_image_file(tmp_path):
@@ -355,8 +363,10 @@ def test_sufficient_kind_writes_the_kept_set_the_api_finds(tmp_path):
     data = json.loads((tmp_path / "sufficient.json").read_text())
     net = zoo.load_model("mnist-mlp")
     x = zoo.load_dataset("mnist-samples").images[:2]
-    ex = evax.Sufficient(net, 0.05, method="backward", groups=evax.groups.grid(6), order="verix").explain(x)
+    ex = evax.Sufficient(net, 0.05, method="backward", groups=evax.groups.grid(6, equal=True),
+                            order="verix").explain(x)
     assert data["size"] == ex.size.tolist() and data["certified"] == ex.certified.tolist()
+    assert data["config"]["cells"] == [7, 7] and data["cells"] == 49  # equal cells of 4x4 pixels
     assert data["config"]["order"] == "verix" and len(data["names"]) == 2
 
 

@@ -27,6 +27,32 @@ def test_grid_rejects_bad_sizes():
         groups.resolve(groups.grid(12), torch.zeros(1, 1, 8, 8))
 
 
+@pytest.mark.parametrize(
+    ("hw", "shape"),
+    [((28, 28), (14, 14)), ((32, 32), (8, 8)), ((224, 224), (14, 14)), ((28, 32), (14, 8)), ((6, 6), (6, 6))],
+)
+def test_equal_grid_has_cells_of_one_size(hw, shape):
+    """equal=True: the per-side count nearest to n_side dividing the side (ties: fewer cells);
+    every cell is the same h x w block, and the cells partition the image row-major."""
+    g = groups.grid(12, equal=True)
+    assert g.shape(*hw) == shape
+    masks = g(torch.zeros(1, 1, *hw))
+    rows, cols = shape
+    assert masks.shape == (1, rows * cols, *hw) and (masks.sum(dim=1) == 1).all()
+    ch, cw = hw[0] // rows, hw[1] // cols
+    assert (masks.flatten(2).sum(2) == ch * cw).all()
+    assert masks[0, cols + 1, ch : 2 * ch, cw : 2 * cw].all()  # cell (1, 1)
+
+
+def test_equal_grid_falls_back_where_no_side_fits():
+    """A prime side (29) has no divisor near 12: that side keeps 12 unequal cells."""
+    g = groups.grid(12, equal=True)
+    assert g.shape(29, 28) == (12, 14)
+    assert torch.equal(groups.grid(12, equal=True)(torch.zeros(1, 1, 29, 29)), groups.grid(12)(torch.zeros(1, 1, 29, 29)))
+    with pytest.raises(InvalidInputError, match="bool"):
+        groups.grid(12, equal=1)
+
+
 def test_superpixels_partition_each_image():
     gen = torch.Generator().manual_seed(0)
     images = torch.zeros(1, 3, 32, 32)

@@ -69,6 +69,11 @@ def explain(
     ] = "ibp+backward",
     eps: Annotated[float, typer.Option(help="radius of the L-inf perturbation ball")] = 0.5,
     grid: Annotated[int, typer.Option(help="side of the grid of groups")] = 12,
+    equal_cells: Annotated[bool, typer.Option(
+        "--equal-cells/--paper-grid",
+        help="cells of one size: the grid side nearest to --grid that divides the image (28x28: 14x14 cells "
+             "of 2x2 pixels; unequal cells show as stripes in the map), or exactly --grid x --grid as the EVA "
+             "paper (edges rounded)")] = True,
     target: Annotated[int | None, typer.Option(help="class to explain (default: predicted)")] = None,
     contrast: Annotated[int | None, typer.Option(help="targeted explanation against this class")] = None,
     out: Annotated[Path, typer.Option(help="output directory (PNG figure + JSON)")] = Path("evax-out"),
@@ -134,13 +139,16 @@ def explain(
         )
     if kind not in ("eva", "sufficient"):
         raise InvalidInputError(f"--kind must be eva or sufficient, got {kind!r}")
+    groups = grid_groups(grid, equal=equal_cells)
+    cell_grid = groups.shape(*x.shape[-2:])
     if kind == "sufficient":
         if contrast is not None:
             raise InvalidInputError("--contrast applies to --kind eva only")
-        _explain_sufficient(net, x.to(dev), names, model, info, method, eps, grid, order, target, out)
+        _explain_sufficient(net, x.to(dev), names, model, info, method, eps, groups, order, target, out)
         return
-    explainer = EVA(net, eps=eps, method=method, groups=grid_groups(grid), batch_size=batch_size)
+    explainer = EVA(net, eps=eps, method=method, groups=groups, batch_size=batch_size)
     out = _cli.output_dir(out)
+    typer.echo(f"groups: {cell_grid[0]}x{cell_grid[1]} grid" + (" of equal cells" if equal_cells else " (paper)"))
     results = []
     maps, scores, titles = [], [], []
     x = x.to(dev)
@@ -179,35 +187,36 @@ def explain(
         torch.stack(maps),
         titles,
         torch.stack(scores),
-        grid,
+        cell_grid,
         signed=contrast is not None,
         path=png,
     )
-    meta = {"model": model, "model_info": info.to_dict(), "method": method, "eps": eps, "p": "inf", "grid": grid}
+    meta = {"model": model, "model_info": info.to_dict(), "method": method, "eps": eps, "p": "inf", "grid": grid,
+            "equal_cells": equal_cells, "cells": list(cell_grid)}
     (out / "eva.json").write_text(json.dumps({"config": meta, "images": results}, indent=2))
     typer.echo(f"wrote {png} and {out / 'eva.json'}")
 
 
-def _explain_sufficient(net, x, names, model, info, method, eps, grid, order, target, out) -> None:
+def _explain_sufficient(net, x, names, model, info, method, eps, groups, order, target, out) -> None:
     """``evax explain --kind sufficient``: one batched search for every image, a figure and JSON."""
     from evax.attribution.sufficient import Sufficient
-    from evax.groups import grid as grid_groups
     from evax.viz import sufficient_figure
 
     if order not in ("eva", "verix", "random"):
         raise InvalidInputError(f"--order must be eva, verix or random, got {order!r}")
-    explainer = Sufficient(net, eps, method=method, groups=grid_groups(grid), order=order)
+    explainer = Sufficient(net, eps, method=method, groups=groups, order=order)
     out = _cli.output_dir(out)
     t0 = time.perf_counter()
     ex = explainer.explain(x, target=target)
     seconds = time.perf_counter() - t0
     for k, name in enumerate(names):
         status = "proven sufficient" if bool(ex.certified[k]) else "NOT proven (every cell kept)"
-        typer.echo(f"{name}: class {int(ex.target[k])}, keeps {int(ex.size[k])} of {grid * grid} cells, {status}")
+        typer.echo(f"{name}: class {int(ex.target[k])}, keeps {int(ex.size[k])} of {ex.n_cells} cells, {status}")
     typer.echo(f"{ex.checks} engine calls, {seconds:.2f}s")
     png = out / "sufficient.png"
     sufficient_figure(x.cpu(), ex, eva_maps=ex.order_map().cpu() if order == "eva" else None, path=png)
-    meta = {"model": model, "model_info": info.to_dict(), "method": method, "eps": eps, "p": "inf", "grid": grid,
+    meta = {"model": model, "model_info": info.to_dict(), "method": method, "eps": eps, "p": "inf",
+            "grid": groups.n_side, "equal_cells": groups.equal, "cells": list(groups.shape(*x.shape[-2:])),
             "order": order}
     payload = {"config": meta, "names": names, **ex.to_dict()}
     (out / "sufficient.json").write_text(json.dumps(payload, indent=2))

@@ -4,7 +4,11 @@ A *grouping* turns images ``(N, C, H, W)`` into boolean masks ``(N or 1, G, H, W
 pixels (all channels of a pixel belong to the same group):
 
 * :func:`grid` -- an ``n_side x n_side`` grid of cells (the EVA paper uses 12), cells numbered
-  row-major with edges at ``round(i * H / n_side)``;
+  row-major with edges at ``round(i * H / n_side)``; with ``equal=True`` the side nearest to
+  ``n_side`` whose cells are all the same size (on 28 x 28 images the paper's 12 x 12 grid mixes
+  cells of 2 and 3 pixels a side, whose areas differ 2.25x: EVA's cell scores grow with the
+  area, so the rows and columns of large cells show as stripes in the map; 14 x 14 cells of 2 x 2
+  pixels do not);
 * :func:`superpixels` -- SLIC superpixels of each image (scikit-image);
 * a user tensor of masks ``(N or 1, G, H, W)`` (bool) or a label map ``(N or 1, H, W)``
   (int, one group per distinct label), via :func:`as_masks`.
@@ -26,24 +30,47 @@ Grouping = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class grid:  # noqa: N801 - reads as a function: evax.groups.grid(12)
-    """Regular ``n_side x n_side`` grid over ``H x W``; ``__call__(images) -> (1, G, H, W)``."""
+    """Regular ``n_side x n_side`` grid over ``H x W``; ``__call__(images) -> (1, G, H, W)``.
+
+    Args:
+        n_side: cells per side (the EVA paper: 12).
+        equal: make every cell the same size: per side, the number of cells nearest to
+            ``n_side`` (ties: the smaller, cheaper one) that divides that side's length, among
+            ``n_side / 2 .. 2 n_side``; a side with no such divisor (e.g. a prime length) keeps
+            ``n_side`` and its unequal cells. :meth:`shape` says which grid an image size gets
+            (28 x 28: 14 x 14 cells of 2 x 2 pixels; 32 x 32: 8 x 8 of 4 x 4; 224: 14 x 14).
+    """
 
     n_side: int = 12
+    equal: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n_side, int) or self.n_side < 1:
+        if isinstance(self.n_side, bool) or not isinstance(self.n_side, int) or self.n_side < 1:
             raise InvalidInputError(f"grid n_side must be a positive int, got {self.n_side!r}")
+        if not isinstance(self.equal, bool):
+            raise InvalidInputError(f"grid equal must be a bool, got {self.equal!r}")
+
+    def _count(self, length: int) -> int:
+        if not self.equal:
+            return self.n_side
+        fits = [s for s in range(1, length + 1) if length % s == 0 and self.n_side <= 2 * s <= 4 * self.n_side]
+        return min(fits, key=lambda s: (abs(s - self.n_side), s)) if fits else self.n_side
+
+    def shape(self, h: int, w: int) -> tuple[int, int]:
+        """``(rows, cols)`` of cells used on ``h x w`` images."""
+        return self._count(h), self._count(w)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         h, w = images.shape[-2:]
-        if self.n_side > min(h, w):
-            raise InvalidInputError(f"a {self.n_side}x{self.n_side} grid does not fit {h}x{w} images")
-        rows = torch.tensor([round(i * h / self.n_side) for i in range(self.n_side + 1)])
-        cols = torch.tensor([round(j * w / self.n_side) for j in range(self.n_side + 1)])
+        n_rows, n_cols = self.shape(h, w)
+        if n_rows > h or n_cols > w:
+            raise InvalidInputError(f"a {n_rows}x{n_cols} grid does not fit {h}x{w} images")
+        rows = torch.tensor([round(i * h / n_rows) for i in range(n_rows + 1)])
+        cols = torch.tensor([round(j * w / n_cols) for j in range(n_cols + 1)])
         r = torch.bucketize(torch.arange(h), rows[1:], right=True)
         c = torch.bucketize(torch.arange(w), cols[1:], right=True)
-        labels = r.view(-1, 1) * self.n_side + c.view(1, -1)  # (H, W), row-major cell index
-        cells = torch.arange(self.n_side**2).view(-1, 1, 1)
+        labels = r.view(-1, 1) * n_cols + c.view(1, -1)  # (H, W), row-major cell index
+        cells = torch.arange(n_rows * n_cols).view(-1, 1, 1)
         return (labels.unsqueeze(0) == cells).unsqueeze(0).to(images.device)
 
 

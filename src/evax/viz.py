@@ -19,18 +19,18 @@ def explanation_figure(
     maps: torch.Tensor,
     titles: Sequence[str] | None = None,
     cell_scores: torch.Tensor | None = None,
-    n_side: int | None = None,
+    n_side: int | tuple[int, int] | None = None,
     signed: bool = False,
     path: str | Path | None = None,
 ):
     """One row per image: the input, the heatmap overlaid on it, and (for a grid) the
-    ``n_side x n_side`` cell scores with their values.
+    ``n_side x n_side`` (or ``(rows, cols)``) cell scores with their values.
 
     Args:
         images: ``(N, C, H, W)`` in ``[0, 1]``.
         maps: ``(N, H, W)`` attribution maps.
         titles: one caption per image.
-        cell_scores: ``(N, G)`` group scores; drawn as a grid when ``G == n_side**2``.
+        cell_scores: ``(N, G)`` group scores; drawn as a grid when ``G == rows * cols``.
         signed: diverging colours centred on 0 (targeted explanations).
         path: where to save the PNG (the figure is returned either way).
     """
@@ -40,7 +40,8 @@ def explanation_figure(
     import matplotlib.pyplot as plt
 
     n = images.shape[0]
-    show_cells = cell_scores is not None and n_side is not None and cell_scores.shape[1] == n_side**2
+    rows, cols_ = (n_side, n_side) if isinstance(n_side, int) else (n_side or (0, 0))
+    show_cells = cell_scores is not None and n_side is not None and cell_scores.shape[1] == rows * cols_
     cols = 3 if show_cells else 2
     fig, axes = plt.subplots(n, cols, figsize=(3.2 * cols, 3.0 * n), squeeze=False)
     cmap = "coolwarm" if signed else "inferno"
@@ -55,10 +56,10 @@ def explanation_figure(
         axes[i, 1].set_title("EVA heatmap", fontsize=9)
         fig.colorbar(im, ax=axes[i, 1], fraction=0.046, pad=0.04)
         if show_cells:
-            cells = cell_scores[i].detach().cpu().view(n_side, n_side).numpy()
+            cells = cell_scores[i].detach().cpu().view(rows, cols_).numpy()
             axes[i, 2].imshow(cells, cmap=cmap, vmin=vmin, vmax=vmax)
-            axes[i, 2].set_title(f"{n_side}x{n_side} cell scores", fontsize=9)
-            if n_side <= 12:
+            axes[i, 2].set_title(f"{rows}x{cols_} cell scores", fontsize=9)
+            if max(rows, cols_) <= 12:
                 for (r, c), v in __import__("numpy").ndenumerate(cells):
                     axes[i, 2].text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=4, color="w")
     return _finish(fig, axes, path)
