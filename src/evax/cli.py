@@ -17,6 +17,7 @@ import typer
 from tqdm.auto import tqdm
 
 from evax import _cli
+from evax.bounds.api import DEFAULT_METHOD
 from evax.errors import InvalidInputError
 from evax.zoo.images import load_image as _load_image
 
@@ -243,7 +244,7 @@ def evaluate(
     weights: Annotated[Path | None, typer.Option(help="state_dict for a package.module:factory model")] = None,
     layout: Annotated[str, typer.Option(help="ONNX input layout: auto, nchw or nhwc")] = "auto",
     eps: Annotated[float, typer.Option(help="EVA: radius of the L-inf ball (the paper: 0.5)")] = 0.5,
-    bound_method: Annotated[str, typer.Option(help="EVA: bound method")] = "ibp+forward+backward",
+    bound_method: Annotated[str, typer.Option(help="EVA: bound method")] = DEFAULT_METHOD,
     grid: Annotated[int, typer.Option(help="side of the grid of variables (EVA groups, metrics)")] = 12,
     seed: Annotated[int, typer.Option(help="base seed (image i uses seed + i)")] = 0,
     quick: Annotated[bool, typer.Option(help="reduced budgets (smoke test), not the paper's")] = False,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from evax.bench import cells as cells_mod
 from evax.bench.tables import RunOptions, _infd_metrics, _table1_methods, metric_configs, run_cells
+from evax.bounds.api import DEFAULT_METHOD
 from evax.errors import InvalidInputError
 
 METRICS = ("deletion", "insertion", "mufidelity", "robustness", "infidelity", "sensitivity")
@@ -37,7 +38,7 @@ class EvaluateConfig:
     metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
     reference: str | None = None
     eps: float = 0.5
-    bound_method: str = "ibp+forward+backward"
+    bound_method: str = DEFAULT_METHOD
     grid: int = 12
     seed: int = 0
     quick: bool = False

@@ -30,7 +30,7 @@ from torch import nn
 from evax._modes import eval_mode
 from evax.attribution.base import TargetLike, check_inputs, resolve_target
 from evax.attribution.eva import EVA, margin_spec
-from evax.bounds.api import bound
+from evax.bounds.api import DEFAULT_METHOD, bound
 from evax.errors import InvalidInputError
 from evax.perturbation import Ball
 
@@ -71,7 +71,7 @@ class Tightness:
         self.eps, self.p, self.domain = eps, p, domain
         self.batch_size, self.certify = batch_size, certify
 
-    def __call__(self, method: str | EVA = "ibp+forward+backward", detailed: bool = False) -> Any:
+    def __call__(self, method: str | EVA = DEFAULT_METHOD, detailed: bool = False) -> Any:
         """``AO_bar(x, B)`` per sample ``(N,)`` for ``method`` (a bound method name or an EVA)."""
         if isinstance(method, EVA):
             eps, p, domain, name = method.eps, method.p, method.domain, method.method
