@@ -276,8 +276,8 @@ def test_evaluate_infidelity_and_sensitivity_equal_the_api(tmp_path):
     import csv
 
     from evax.attribution import Saliency
+    from evax.core.noise import NoisyBaseline
     from evax.metrics import Infidelity, MaxSensitivity
-    from evax.metrics.perturbations import NoisyBaseline
     from evax.zoo import default_samples, load_model
 
     out = tmp_path / "ev"

@@ -12,15 +12,15 @@ from captum.metrics import infidelity as captum_infidelity
 from captum.metrics import sensitivity_max as captum_sensitivity_max
 from torch import nn
 
-from evax.errors import InvalidInputError
-from evax.metrics.infidelity import Infidelity, MaxSensitivity, check_explanation, dot_perturbations
-from evax.metrics.perturbations import (
+from evax.core.noise import (
     DifferenceToBaseline,
     GaussianNoise,
     NoisyBaseline,
     SquareRemoval,
     UniformNoise,
 )
+from evax.errors import InvalidInputError
+from evax.metrics.infidelity import Infidelity, MaxSensitivity, check_explanation, dot_perturbations
 
 
 def _mlp(seed: int = 0, d: int = 12, k: int = 3) -> nn.Module:
@@ -239,7 +239,7 @@ def test_infidelity_bad_inputs():
     x = _inputs((2, 12))
     with pytest.raises(InvalidInputError, match="n_samples"):
         Infidelity(model, GaussianNoise(0.2), n_samples=1)
-    with pytest.raises(InvalidInputError, match="Perturbation"):
+    with pytest.raises(InvalidInputError, match="noise distribution"):
         Infidelity(model, lambda x: x, n_samples=4)
     with pytest.raises(InvalidInputError, match="does not match the inputs"):
         Infidelity(model, GaussianNoise(0.2), n_samples=4)(x, torch.ones(2, 11))

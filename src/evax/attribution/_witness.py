@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from evax.metrics.attacks import logit_margin, masked_pgd_l2
+from evax.core.attacks import logit_margin, masked_pgd_l2
 
 
 def _margin(logits: torch.Tensor, target: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
