@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from evax.attribution.base import reduce_channels
 from evax.bench.components import ComponentBroken, ComponentUnavailable, method_class, metric_class
 from evax.bench.workers import torch_threads
+from evax.core.variables import reduce_channels
 from evax.errors import NotApplicableError
 
 
