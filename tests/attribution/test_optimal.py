@@ -218,3 +218,14 @@ def test_square_beats_gradients_on_square_removal(mnist):
     scores = metric(x, {"square": sq, **_baselines(model)})
     for name in ("saliency", "ig", "smoothgrad"):
         assert (scores["square"] < scores[name]).all(), scores
+
+
+def test_optimal_explanation_does_not_depend_on_chunking():
+    """Draws come in fixed draw blocks (evax.core.streaming): with more samples than one block
+    and chunks that straddle the blocks, the regression sees the same perturbations."""
+    model = _tiny_net()
+    x = torch.rand(3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = OptimalExplanation(model, GaussianNoise(0.2), n_samples=2500, seed=3, batch_size=10_000).attribute_raw(x, 0)
+    for bs in (100, 1024, 1500):
+        got = OptimalExplanation(model, GaussianNoise(0.2), n_samples=2500, seed=3, batch_size=bs).attribute_raw(x, 0)
+        torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)
