@@ -47,11 +47,11 @@ from captum.attr import Saliency as CaptumSaliency
 from captum.metrics import infidelity as captum_infidelity
 from captum.metrics import sensitivity_max as captum_sensitivity_max
 
-from evax.attribution import KernelSHAP, NoisyBaseline, Smoothed, Square
+from evax.attribution import KernelSHAP, OptimalNoisyBaseline, OptimalSquare, Smoothed
+from evax.core.explainers import call_explainer
+from evax.core.noise import NoiseDistribution
 from evax.metrics import Infidelity, MaxSensitivity, SquareRemoval, UniformNoise
 from evax.metrics import NoisyBaseline as NoisyBaselinePerturbation
-from evax.metrics.infidelity import call_explainer
-from evax.metrics.perturbations import Perturbation
 from evax.zoo import load_dataset, load_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -85,7 +85,7 @@ def local_explainers(model: torch.nn.Module, args: argparse.Namespace) -> dict[s
         "IG-SG": sg(igl),
         "GBP": gbpl,
         "GBP-SG": sg(gbpl),
-        "Noisy Baseline": NoisyBaseline(model, n_samples=args.nb_samples),
+        "Noisy Baseline": OptimalNoisyBaseline(model, n_samples=args.nb_samples),
     }
 
 
@@ -96,14 +96,14 @@ def global_explainers(model: torch.nn.Module, args: argparse.Namespace) -> dict[
         "IG": _quiet(lambda x, t: ig.attribute(x, target=t, baselines=0.0, n_steps=args.ig_steps).sum(1)),
         "GBP": _quiet(lambda x, t: (x * gbp.attribute(x, target=t)).sum(1)),
         "SHAP": KernelSHAP(model, n_samples=args.shap_samples),
-        "Square": Square(model),
+        "Square": OptimalSquare(model),
     }
 
 
 # ------------------------------------------------------------------------------ Captum side
 
 
-def captum_perturb_func(pert: Perturbation, n_inputs: int, seed: int, channels: int) -> Callable:
+def captum_perturb_func(pert: NoiseDistribution, n_inputs: int, seed: int, channels: int) -> Callable:
     """A Captum ``perturb_func`` drawing from ``pert`` (fresh, seeded draws; the enumeration of an
     exhaustive one). Captum hands it the inputs repeated ``c`` times each; a channel-shared mask
     is expanded over the ``channels`` (Captum needs I shaped like the input)."""
@@ -157,7 +157,7 @@ def run_table(
     model: torch.nn.Module,
     x: torch.Tensor,
     explainers: dict[str, Any],
-    pert: Perturbation,
+    pert: NoiseDistribution,
     radius: float,
     args: argparse.Namespace,
     skip_sens: set[str],

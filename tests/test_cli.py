@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from evax.cli import app
@@ -13,52 +14,95 @@ from evax.cli import app
 runner = CliRunner()
 
 
+def _api_eva(x, method, grid_side, equal=False, **kw):
+    """The API's EVA explanation of ``x`` on the zoo's MNIST MLP, as the CLI configures it."""
+    from evax.attribution.eva import EVA
+    from evax.groups import grid
+    from evax.zoo.loaders import load_model
+
+    net, _ = load_model("mnist-mlp")
+    net = net.eval()
+    with torch.no_grad():
+        pred = net(x).argmax(1)
+    return EVA(net, eps=0.5, method=method, groups=grid(grid_side, equal=equal)).explain(x, **kw), pred
+
+
+def _png_size(path):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        return img.size
+
+
 def test_main_job_writes_png_and_json(tmp_path):
+    from evax import zoo
+
     result = runner.invoke(app, ["explain", "--n", "2", "--method", "ibp", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "AO(x,B) <=" in result.output
-    png = tmp_path / "eva.png"
-    assert png.stat().st_size > 10_000
     data = json.loads((tmp_path / "eva.json").read_text())
-    assert len(data["images"]) == 2
-    scores = np.array(data["images"][0]["scores"])
-    assert scores.shape == (196,) and (scores >= 0).all() and scores.max() > 0  # 14x14 equal cells
-    assert data["config"]["cells"] == [14, 14] and data["config"]["equal_cells"] is True
+    config = {k: v for k, v in data["config"].items() if k != "model_info"}
+    assert config == {"model": "mnist-mlp", "method": "ibp", "eps": 0.5, "p": "inf", "grid": 12,
+                      "equal_cells": True, "cells": [14, 14]}
+    assert data["config"]["model_info"]["input_shape"] == [1, 28, 28]
+    digits = zoo.load_dataset("mnist-samples")
+    assert [r["name"] for r in data["images"]] == ["mnist-samples[0]", "mnist-samples[1]"]
+    lines = [line for line in result.output.splitlines() if "AO(x,B) <=" in line]
+    assert len(lines) == 2
+    for k, r in enumerate(data["images"]):
+        want, pred = _api_eva(digits.images[k : k + 1], "ibp", 12, equal=True)
+        assert r["label"] == int(digits.labels[k])
+        assert r["prediction"] == int(pred[0]) == r["target"]  # the predicted class is explained
+        assert r["method"] == "ibp" and r["seconds"] > 0
+        assert r["ao"] == pytest.approx(float(want.ao[0]), abs=1e-5)
+        assert r["certified_robust"] == bool(want.ao[0] < 0)
+        scores = np.array(r["scores"])
+        assert scores.shape == (196,) and (scores >= 0).all() and scores.max() > 0  # 14x14 equal cells
+        assert np.allclose(scores, want.scores[0].numpy(), atol=1e-5)
+        status = "CERTIFIED ROBUST (proof)" if r["certified_robust"] else "not certified"
+        assert lines[k].startswith(f"{r['name']}: label {digits.classes[r['label']]}, predicted {r['prediction']}, ")
+        assert f"AO(x,B) <= {r['ao']:.4g}, {status}" in lines[k]
+    assert f"wrote {tmp_path / 'eva.png'} and {tmp_path / 'eva.json'}" in result.output
+    width, height = _png_size(tmp_path / "eva.png")
+    assert (tmp_path / "eva.png").stat().st_size > 10_000 and width > 300 and height > 300
 
 
 def test_paper_grid_keeps_12_by_12(tmp_path):
+    from evax import zoo
+
     result = runner.invoke(app, ["explain", "--n", "1", "--method", "ibp", "--paper-grid", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "eva.json").read_text())
-    assert len(data["images"][0]["scores"]) == 144 and data["config"]["cells"] == [12, 12]
+    assert data["config"]["cells"] == [12, 12] and data["config"]["equal_cells"] is False
+    want, _ = _api_eva(zoo.load_dataset("mnist-samples").images[:1], "ibp", 12)
+    assert np.allclose(data["images"][0]["scores"], want.scores[0].numpy(), atol=1e-5)
 
 
 def test_targeted_and_image_file(tmp_path):
     from PIL import Image
 
+    from evax.zoo.images import load_images
+
     img = Image.fromarray((np.random.default_rng(0).random((40, 30)) * 255).astype("uint8"))
     path = tmp_path / "digit.png"
     img.save(path)
-    result = runner.invoke(
-        app,
-        [
-            "explain",
-            "--image",
-            str(path),
-            "--method",
-            "ibp",
-            "--target",
-            "3",
-            "--contrast",
-            "5",
-            "--grid",
-            "4",
-            "--out",
-            str(tmp_path),
-        ],
-    )
+    args = ["explain", "--image", str(path), "--method", "ibp", "--target", "3", "--contrast", "5", "--grid", "4"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "targeted" in result.output
+    data = json.loads((tmp_path / "eva.json").read_text())
+    assert data["config"]["grid"] == 4 and len(data["images"]) == 1
+    r = data["images"][0]
+    x = load_images(str(path), (1, 28, 28)).images[:1]
+    want, pred = _api_eva(x, "ibp", 4, target=3, contrast=5)
+    assert r["name"] == "digit.png" and r["prediction"] == int(pred[0])
+    assert r["target"] == 3 and r["contrast"] == 5
+    assert r["certified_robust"] is None  # a targeted explanation certifies nothing
+    assert r["ao"] == pytest.approx(float(want.ao[0]), abs=1e-5)
+    scores = np.array(r["scores"])
+    assert scores.shape == (16,) and np.allclose(scores, want.scores[0].numpy(), atol=1e-5)
+    line = next(line for line in result.output.splitlines() if "AO(x,B) <=" in line)
+    assert line.startswith("digit.png: ") and "explained 3 vs 5" in line and line.split(", ")[-2] == "targeted"
+    _png_size(tmp_path / "eva.png")
 
 
 def test_bad_inputs_give_clear_errors(tmp_path):
@@ -284,8 +328,8 @@ def test_evaluate_infidelity_and_sensitivity_equal_the_api(tmp_path):
     import csv
 
     from evax.attribution import Saliency
+    from evax.core.noise import NoisyBaseline
     from evax.metrics import Infidelity, MaxSensitivity
-    from evax.metrics.perturbations import NoisyBaseline
     from evax.zoo import default_samples, load_model
 
     out = tmp_path / "ev"

@@ -1,11 +1,11 @@
-"""evax._modes.eval_mode: eval inside the block, every submodule's own mode restored after."""
+"""evax.core.modes.eval_mode: eval inside the block, every submodule's own mode restored after."""
 
 from __future__ import annotations
 
 import pytest
 from torch import nn
 
-from evax._modes import eval_mode
+from evax.core.modes import eval_mode
 
 
 def test_mixed_modes_are_restored_module_by_module():

@@ -49,17 +49,46 @@ def test_domain_clips_the_box():
     torch.testing.assert_close(hi, torch.tensor([[0.15, 0.6, 1.0]]))
 
 
+def _minimiser(x, a, eps, p, free=None, sign=0):
+    """The closed-form minimiser ``x + delta*`` ``(B, K, D)`` of ``a . z`` over the ball (or
+    half-ball ``sign * delta >= 0``) of radius ``eps`` around ``x`` ``(B, D)``, only the ``free``
+    entries moving: ``delta*`` follows ``m``, the part of ``-a`` the set can exploit, as
+    ``eps * sign(m)`` (p = inf), ``eps * m / ||m||_2`` (p = 2) or ``eps * sign(m_j) e_j`` at
+    ``j = argmax |m_j|`` (p = 1); the minimum is ``a . x - eps * ||m||_q`` (``1/p + 1/q = 1``)."""
+    m = -a if free is None else -a * free.unsqueeze(1)
+    if sign > 0:
+        m = m.clamp_min(0)
+    elif sign < 0:
+        m = m.clamp_max(0)
+    if p == math.inf:
+        delta = eps * torch.sign(m)
+    elif p == 2.0:
+        delta = eps * m / m.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    else:
+        j = m.abs().argmax(dim=-1, keepdim=True)
+        delta = torch.zeros_like(m).scatter(-1, j, eps * torch.sign(m.gather(-1, j)))
+    return x.unsqueeze(1) + delta
+
+
 @pytest.mark.parametrize("p", [math.inf, 2.0, 1.0])
 def test_concretize_is_the_exact_minimum(p):
     gen = torch.Generator().manual_seed(1)
-    x = torch.rand(2, 5, generator=gen)
-    ball = evax.Ball(x, 0.3, p=p, fixed=torch.tensor([[True, False, False, True, False]] * 2))
-    a = torch.randn(2, 4, 5, generator=gen)
-    lower = ball.concretize(a, torch.zeros(2, 4))
-    pts = ball.sample(20000, generator=gen, corners=0.5)  # (S, 2, 5)
-    values = torch.einsum("bkd,sbd->sbk", a, pts)
-    assert (values >= lower - 1e-5).all()
-    assert (values.min(0).values - lower).abs().max() < 0.05
+    x = torch.rand(2, 5, generator=gen, dtype=torch.float64)
+    fixed = torch.tensor([[True, False, False, True, False]] * 2)
+    ball = evax.Ball(x, 0.3, p=p, fixed=fixed)
+    a = torch.randn(2, 4, 5, generator=gen, dtype=torch.float64)
+    lower = ball.concretize(a, torch.zeros(2, 4, dtype=torch.float64))
+    # the closed form: attained by a point of the ball, and a lower bound of every point
+    best = _minimiser(x, a, 0.3, p, free=~fixed)
+    delta = best - x.unsqueeze(1)
+    assert (delta[fixed.unsqueeze(1).expand_as(delta)] == 0).all()
+    assert (torch.linalg.vector_norm(delta, ord=p, dim=-1) <= 0.3 + 1e-12).all()
+    torch.testing.assert_close((a * best).sum(-1), lower, rtol=1e-12, atol=1e-12)
+    dual = {math.inf: 1.0, 2.0: 2.0, 1.0: math.inf}[p]
+    closed = (a * x.unsqueeze(1)).sum(-1) - 0.3 * torch.linalg.vector_norm(a * ~fixed.unsqueeze(1), ord=dual, dim=-1)
+    torch.testing.assert_close(lower, closed, rtol=1e-12, atol=1e-12)
+    pts = ball.sample(2000, generator=gen, corners=0.5)  # (S, 2, 5)
+    assert (torch.einsum("bkd,sbd->sbk", a, pts) >= lower - 1e-12).all()
 
 
 def test_box_and_stack():
@@ -86,11 +115,9 @@ def test_half_balls(p, sign):
     lower = ball.concretize(a, torch.zeros(2, 3))
     values = torch.einsum("bkd,sbd->sbk", a, pts)
     assert (values >= lower - 1e-5).all()
-    if p == 2.0:  # the minimiser: eps times the unit vector of the exploitable coefficients
-        m = (-a).clamp_min(0) if sign > 0 else (-a).clamp_max(0)
-        best = x.unsqueeze(1) + 0.4 * m / m.norm(dim=-1, keepdim=True)
-        torch.testing.assert_close((a * best).sum(-1), lower, atol=1e-5, rtol=1e-5)
-    else:
-        assert (values.min(0).values - lower).abs().max() < 0.05
+    best = _minimiser(x, a, 0.4, p, sign=sign)  # the closed form, attained in the half-ball
+    assert ((best - x.unsqueeze(1)) * sign >= 0).all()
+    assert (torch.linalg.vector_norm(best - x.unsqueeze(1), ord=p, dim=-1) <= 0.4 + 1e-6).all()
+    torch.testing.assert_close((a * best).sum(-1), lower, atol=1e-5, rtol=1e-5)
     lo, hi = ball.interval()
     assert torch.equal(lo if sign > 0 else hi, x)

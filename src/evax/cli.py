@@ -1,7 +1,7 @@
 """The ``evax`` command line: ``evax explain`` (EVA on a model and images), ``evax evaluate``
 (attribution methods compared by faithfulness metrics), ``evax bench`` and ``evax zoo``.
 
-Every error is one ``error: ...`` line on stderr and exit code 2 (:mod:`evax._cli`)."""
+Every error is one ``error: ...`` line on stderr and exit code 2 (:mod:`evax.core.cli_support`)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import torch
 import typer
 from tqdm.auto import tqdm
 
-from evax import _cli
 from evax.bounds.api import DEFAULT_METHOD
+from evax.core import cli_support as _cli
 from evax.errors import InvalidInputError
 from evax.zoo.images import load_image as _load_image
 

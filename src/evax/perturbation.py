@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from evax._checks import check_inputs
+from evax.core.checks import check_inputs
 from evax.errors import InvalidInputError
 
 _NORMS = {math.inf: math.inf, 2.0: 2.0, 1.0: 1.0}

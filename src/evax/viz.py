@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 
-def _image(x: torch.Tensor):
+def image_array(x: torch.Tensor):
     """``(C, H, W)`` in [0, 1] -> array for imshow (grey for one channel)."""
     x = x.detach().cpu().clamp(0, 1)
     return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
@@ -49,9 +49,9 @@ def explanation_figure(
         m = maps[i].detach().cpu()
         lim = float(m.abs().max()) or 1.0
         vmin, vmax = (-lim, lim) if signed else (0.0, lim)
-        axes[i, 0].imshow(_image(images[i]), cmap="gray", vmin=0, vmax=1)
+        axes[i, 0].imshow(image_array(images[i]), cmap="gray", vmin=0, vmax=1)
         axes[i, 0].set_title(titles[i] if titles else f"input {i}", fontsize=9)
-        axes[i, 1].imshow(_image(images[i]), cmap="gray", vmin=0, vmax=1)
+        axes[i, 1].imshow(image_array(images[i]), cmap="gray", vmin=0, vmax=1)
         im = axes[i, 1].imshow(m.numpy(), cmap=cmap, alpha=0.6, vmin=vmin, vmax=vmax)
         axes[i, 1].set_title("EVA heatmap", fontsize=9)
         fig.colorbar(im, ax=axes[i, 1], fraction=0.046, pad=0.04)
@@ -93,7 +93,7 @@ def sufficient_figure(
     fig, axes = plt.subplots(n, cols, figsize=(3.2 * cols, 3.0 * n), squeeze=False)
     g = explanation.n_cells
     for i in range(n):
-        img = _image(images[i])
+        img = image_array(images[i])
         kept = explanation.mask[i].detach().cpu().numpy().astype(float)
         cls = int(explanation.target[i])
         axes[i, 0].imshow(img, cmap="gray", vmin=0, vmax=1)

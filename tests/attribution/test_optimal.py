@@ -11,17 +11,22 @@ import pytest
 import torch
 from torch import nn
 
-from evax.attribution.optimal import NoisyBaseline, OptimalExplanation, SingularSystemWarning, Square
-from evax.errors import InvalidInputError
-from evax.groups import grid
-from evax.metrics.infidelity import Infidelity
-from evax.metrics.perturbations import (
+from evax.attribution.optimal import (
+    OptimalExplanation,
+    OptimalNoisyBaseline,
+    OptimalSquare,
+    SingularSystemWarning,
+)
+from evax.core.noise import (
     DifferenceToBaseline,
     GaussianNoise,
     ShapleyKernel,
     SquareRemoval,
 )
-from evax.metrics.perturbations import NoisyBaseline as NoisyBaselinePert
+from evax.core.noise import NoisyBaseline as NoisyBaselinePert
+from evax.errors import InvalidInputError
+from evax.groups import grid
+from evax.metrics.infidelity import Infidelity
 
 
 def _linear(c=2, h=4, w=4, k=3, seed=0):
@@ -47,13 +52,13 @@ def test_linear_model_weights_recovered_exactly():
         assert phi.shape == (2, 2, 4, 4)
         assert torch.allclose(phi, w, atol=1e-9)
     # the preset, and its global form (Sec. 2.5): w (x - x0)
-    assert torch.allclose(NoisyBaseline(model, n_samples=200).attribute_raw(x, target), w, atol=1e-9)
-    glob = NoisyBaseline(model, n_samples=200, baseline=0.2, global_=True).attribute_raw(x, target)
+    assert torch.allclose(OptimalNoisyBaseline(model, n_samples=200).attribute_raw(x, target), w, atol=1e-9)
+    glob = OptimalNoisyBaseline(model, n_samples=200, baseline=0.2, global_=True).attribute_raw(x, target)
     assert torch.allclose(glob, w * (x - 0.2), atol=1e-9)
-    same = NoisyBaseline(model, n_samples=200, baseline=0.2, **{"global": True}).attribute_raw(x, target)
+    same = OptimalNoisyBaseline(model, n_samples=200, baseline=0.2, **{"global": True}).attribute_raw(x, target)
     assert torch.equal(same, glob)
     # attribute reduces the channels by their sum
-    assert torch.allclose(NoisyBaseline(model, n_samples=200).attribute(x, target), w.sum(1), atol=1e-9)
+    assert torch.allclose(OptimalNoisyBaseline(model, n_samples=200).attribute(x, target), w.sum(1), atol=1e-9)
 
 
 def test_square_on_a_linear_model_is_gradient_times_input():
@@ -61,10 +66,10 @@ def test_square_on_a_linear_model_is_gradient_times_input():
     model = _linear()
     x = _images()
     w = model[1].weight.detach()[1].view(1, 2, 4, 4)
-    phi = Square(model, sizes=(1, 2)).attribute_raw(x, 1)  # 16 + 9 exhaustive squares
+    phi = OptimalSquare(model, sizes=(1, 2)).attribute_raw(x, 1)  # 16 + 9 exhaustive squares
     assert phi.shape == (2, 1, 4, 4)
     assert torch.allclose(phi, (w * (x - 0.0)).sum(1, keepdim=True), atol=1e-9)
-    phi_random = Square(model, sizes=(1, 2), exhaustive=False, n_samples=300).attribute_raw(x, 1)
+    phi_random = OptimalSquare(model, sizes=(1, 2), exhaustive=False, n_samples=300).attribute_raw(x, 1)
     assert torch.allclose(phi_random, phi, atol=1e-9)
 
 
@@ -160,7 +165,7 @@ def test_optimal_bad_inputs():
     x = torch.rand(2, 5, dtype=torch.float64)
     with pytest.raises(InvalidInputError, match="n_samples"):
         OptimalExplanation(model, GaussianNoise(0.2), n_samples=1)
-    with pytest.raises(InvalidInputError, match="Perturbation"):
+    with pytest.raises(InvalidInputError, match="noise distribution"):
         OptimalExplanation(model, "square")
     with pytest.raises(InvalidInputError, match="ridge"):
         OptimalExplanation(model, GaussianNoise(0.2), ridge=-1.0)
@@ -198,7 +203,7 @@ def _baselines(model):
 
 def test_noisy_baseline_beats_gradients_on_its_perturbation(mnist):
     model, x = mnist
-    nb = NoisyBaseline(model, n_samples=4000, seed=0).attribute(x)
+    nb = OptimalNoisyBaseline(model, n_samples=4000, seed=0).attribute(x)
     # scored on fresh draws (another seed): out-of-sample, so the ordering is not by construction
     metric = Infidelity(model, NoisyBaselinePert(0.2, clip=(0, 1)), n_samples=2000, seed=1)
     scores = metric(x, {"nb": nb, **_baselines(model)})
@@ -208,8 +213,19 @@ def test_noisy_baseline_beats_gradients_on_its_perturbation(mnist):
 
 def test_square_beats_gradients_on_square_removal(mnist):
     model, x = mnist
-    sq = Square(model).attribute(x)
+    sq = OptimalSquare(model).attribute(x)
     metric = Infidelity(model, SquareRemoval(exhaustive=True))
     scores = metric(x, {"square": sq, **_baselines(model)})
     for name in ("saliency", "ig", "smoothgrad"):
         assert (scores["square"] < scores[name]).all(), scores
+
+
+def test_optimal_explanation_does_not_depend_on_chunking():
+    """Draws come in fixed draw blocks (evax.core.streaming): with more samples than one block
+    and chunks that straddle the blocks, the regression sees the same perturbations."""
+    model = _tiny_net()
+    x = torch.rand(3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = OptimalExplanation(model, GaussianNoise(0.2), n_samples=2500, seed=3, batch_size=10_000).attribute_raw(x, 0)
+    for bs in (100, 1024, 1500):
+        got = OptimalExplanation(model, GaussianNoise(0.2), n_samples=2500, seed=3, batch_size=bs).attribute_raw(x, 0)
+        torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)

@@ -10,10 +10,11 @@ from torch import nn
 
 from evax.attribution.eva import EVA
 from evax.attribution.smoothing import Smoothed
+from evax.core.noise import GaussianNoise, UniformNoise
+from evax.core.random import generator
 from evax.errors import InvalidInputError
 from evax.groups import grid
 from evax.metrics.infidelity import MaxSensitivity
-from evax.metrics.perturbations import GaussianNoise, UniformNoise, derived_generator
 
 
 def _net(seed=0, d=36):
@@ -39,7 +40,7 @@ def _identity(inputs, target):
 def test_average_over_the_same_draws(kernel, sampler):
     x = _images()
     sm = Smoothed(_identity, kernel=kernel, radius=0.3, n_samples=50, model=_net(), seed=4, batch_size=100)
-    gen = derived_generator(4, "smoothing", torch.device("cpu"))
+    gen = generator(4, "smoothing")
     eps, _ = sampler.sample(torch.zeros(1, 1, 6, 6), 50, gen)
     assert torch.equal(sm.offsets(x), eps[0])
     assert torch.allclose(sm.attribute(x), (x.unsqueeze(1) - eps).mean(1), atol=1e-6)

@@ -6,8 +6,14 @@ import pytest
 import torch
 from torch import nn
 
+from evax.core.attacks import (
+    farthest_point_distance,
+    logit_margin,
+    masked_pgd_l2,
+    minimal_l2_distance,
+    project,
+)
 from evax.errors import InvalidInputError
-from evax.metrics.attacks import box_radius, logit_margin, masked_pgd_l2, minimal_l2_distance, project
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,10 +35,10 @@ def test_project_constraints():
     assert ((x + p) >= 0).all() and ((x + p) <= 1).all()
 
 
-def test_box_radius():
+def test_farthest_point_distance():
     x = torch.tensor([[0.2, 0.9, 0.5]])
     free = torch.tensor([[True, True, False]])
-    torch.testing.assert_close(box_radius(x, free, (0.0, 1.0)), torch.tensor([(0.8**2 + 0.9**2) ** 0.5]))
+    torch.testing.assert_close(farthest_point_distance(x, free, (0.0, 1.0)), torch.tensor([(0.8**2 + 0.9**2) ** 0.5]))
 
 
 def _linear(seed=0, d=10, k=3):

@@ -7,9 +7,7 @@ import math
 import pytest
 import torch
 
-from evax.errors import InvalidInputError
-from evax.groups import grid
-from evax.metrics.perturbations import (
+from evax.core.noise import (
     DifferenceToBaseline,
     GaussianNoise,
     NoisyBaseline,
@@ -18,6 +16,8 @@ from evax.metrics.perturbations import (
     SubsetRemoval,
     UniformNoise,
 )
+from evax.errors import InvalidInputError
+from evax.groups import grid
 
 
 def _gen(seed=0):

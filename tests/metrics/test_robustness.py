@@ -85,7 +85,7 @@ class _Stubborn(nn.Module):
         return torch.stack([s + 1.0, s], dim=1)
 
 
-def test_cap_policy_box_radius_and_max_radius():
+def test_cap_policy_farthest_point_distance_and_max_radius():
     x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     metric = RobustnessSr(_Stubborn(), x, fractions=[0.5, 1.0], tie_break="index", steps=5)
     with pytest.warns(UserWarning, match="capped"):

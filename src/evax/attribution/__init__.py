@@ -20,11 +20,16 @@ from evax.attribution.captum_methods import (
 from evax.attribution.eva import EVA
 from evax.attribution.gradcampp import GradCAMPlusPlus
 from evax.attribution.greedy import GreedyAO, GreedyAS
-from evax.attribution.optimal import NoisyBaseline as NoisyBaseline
 from evax.attribution.optimal import OptimalExplanation as OptimalExplanation
-from evax.attribution.optimal import Square as Square
+from evax.attribution.optimal import OptimalNoisyBaseline as OptimalNoisyBaseline
+from evax.attribution.optimal import OptimalSquare as OptimalSquare
 from evax.attribution.rise import RISE
 from evax.attribution.smoothing import Smoothed as Smoothed
+
+# The old names of the infidelity-optimal presets (aliases; prefer the Optimal* names, which
+# cannot be mistaken for the noise distributions evax.metrics.NoisyBaseline / SquareRemoval).
+NoisyBaseline = OptimalNoisyBaseline
+Square = OptimalSquare
 
 METHODS: dict[str, type] = {
     "Saliency": Saliency,

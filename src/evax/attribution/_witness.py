@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from evax.metrics.attacks import logit_margin, masked_pgd_l2
+from evax.core.attacks import logit_margin, masked_pgd_l2
 
 
 def _margin(logits: torch.Tensor, target: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
@@ -162,9 +162,9 @@ def exact_witnesses(
 
     Args and returns: as :func:`find_witnesses`.
     """
-    from evax.attribution.eva import margin_spec
     from evax.bounds.api import get_graph
     from evax.bounds.exact import exact_counterexamples
+    from evax.core.specs import margin_spec
     from evax.perturbation import Ball
 
     m = x.shape[0]

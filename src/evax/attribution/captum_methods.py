@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from evax import groups as groups_mod
-from evax._modes import eval_mode
-from evax.attribution._groups import GroupsLike, Variables
 from evax.attribution.base import Attribution, TargetLike, check_inputs, resolve_target
+from evax.core.modes import eval_mode
+from evax.core.variables import GroupsLike, Variables
 from evax.errors import InvalidInputError, MissingDependencyError, NotApplicableError
 
 DEFAULT_GROUPS = groups_mod.grid(12)  # the EVA paper's 12 x 12 grid (immutable)
@@ -182,6 +182,10 @@ class IntegratedGradients(CaptumAttribution):
         n_steps: integration points ``m``.
         method: Captum's integration rule (``"riemann_trapezoid"``; ``"gausslegendre"``...).
         internal_batch_size: forward/backward passes per batch (``None``: all at once).
+        multiply_by_inputs: ``True`` (default): IG itself, a *global* attribution;
+            ``False``: the path-averaged gradient ``int_0^1 grad f(x0 + a (x - x0)) da``
+            without the factor ``x - x0`` (Captum's ``multiply_by_inputs=False``; the *local*
+            IG of Yeh et al. 2019). The trapezoid correction applies to both.
     """
 
     name = "integrated_gradients"
@@ -194,17 +198,21 @@ class IntegratedGradients(CaptumAttribution):
         method: str = "riemann_trapezoid",
         internal_batch_size: int | None = None,
         reduce: str = "sum",
+        multiply_by_inputs: bool = True,
     ) -> None:
         super().__init__(model, reduce)
         if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 2:
             raise InvalidInputError(f"n_steps must be an int >= 2, got {n_steps!r}")
+        if not isinstance(multiply_by_inputs, bool):
+            raise InvalidInputError(f"multiply_by_inputs must be a bool, got {multiply_by_inputs!r}")
         self.baseline, self.n_steps, self.method = baseline, n_steps, method
         self.internal_batch_size = internal_batch_size
+        self.multiply_by_inputs = multiply_by_inputs
 
     def _captum(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         attr = (
             _captum_attr()
-            .IntegratedGradients(self.model)
+            .IntegratedGradients(self.model, multiply_by_inputs=self.multiply_by_inputs)
             .attribute(
                 inputs,
                 baselines=self.baseline,
@@ -409,7 +417,7 @@ class KernelSHAP(CaptumAttribution):
     Args:
         groups: a grouping (default ``evax.groups.grid(12)``), masks or a label map; for flat
             inputs a grid (the default) or ``None`` means each feature (see
-            :mod:`evax.attribution._groups`).
+            :mod:`evax.core.variables`).
         n_samples: coalitions per image.
         baseline: value of absent groups.
         batch_size: coalitions per forward pass.

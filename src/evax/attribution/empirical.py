@@ -26,11 +26,11 @@ import torch.fx
 from torch import nn
 
 from evax import groups as groups_mod
-from evax._modes import eval_mode
 from evax.attribution.base import Attribution, TargetLike, check_inputs, resolve_target
 from evax.attribution.eva import DEFAULT_GROUPS, Explanation, _norm_name, margin_spec
 from evax.bounds.api import DEFAULT_METHOD, bound, check_bound_options
 from evax.bounds.propagate import parse_method
+from evax.core.modes import eval_mode
 from evax.errors import InvalidInputError, UnsupportedLayerError
 from evax.perturbation import Ball, Box
 

@@ -29,11 +29,12 @@ import torch
 from torch import nn
 
 from evax import groups as groups_mod
-from evax._checks import as_class_index, check_int
-from evax._modes import eval_mode
 from evax.attribution.base import Attribution, TargetLike, check_inputs, resolve_target
 from evax.bounds.api import DEFAULT_METHOD, bound, check_bound_options
 from evax.bounds.propagate import parse_method
+from evax.core.checks import as_class_index, check_int
+from evax.core.modes import eval_mode
+from evax.core.specs import margin_spec as margin_spec
 from evax.errors import InvalidInputError
 from evax.perturbation import Ball
 
@@ -86,18 +87,6 @@ class Explanation:
         if self.contrast is not None:
             out["contrast"] = self.contrast.tolist()
         return out
-
-
-def margin_spec(target: torch.Tensor, n_out: int, contrast: torch.Tensor | None = None) -> torch.Tensor:
-    """Specification rows ``e_c' - e_c``: ``(N, n_out - 1, n_out)`` for every ``c' != c``, or
-    ``(N, 1, n_out)`` for one contrast class per sample."""
-    n = target.shape[0]
-    eye = torch.eye(n_out, device=target.device)
-    if contrast is not None:
-        return (eye[contrast] - eye[target]).unsqueeze(1)
-    others = torch.arange(n_out, device=target.device).expand(n, n_out)
-    others = others[others != target.unsqueeze(1)].view(n, n_out - 1)
-    return eye[others] - eye[target].unsqueeze(1)
 
 
 def fixed_masks(masks: torch.Tensor, n: int, channels: int) -> torch.Tensor:

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evax._modes import eval_mode
 from evax.attribution.base import Attribution, TargetLike, check_inputs, resolve_target
 from evax.attribution.captum_methods import _need_images, cam_layer, warn_if_flat
+from evax.core.modes import eval_mode
 from evax.errors import NotApplicableError
 
 

@@ -20,7 +20,7 @@ pixels.
 
 * **Greedy-AS** -- ``val(s) = -eps*_s(x)``, minus the minimal L2 distance of an adversarial
   example that moves only the variables ``s`` (masked PGD inside a bracketing + bisection
-  radius search, :func:`evax.metrics.attacks.minimal_l2_distance`; all ``N * S`` problems of
+  radius search, :func:`evax.core.attacks.minimal_l2_distance`; all ``N * S`` problems of
   a step in one batched search). A search that finds no adversarial example gets the image's
   common cap (the radius of the ball covering the whole domain box, or ``max_radius``), so
   all subsets of an image are valued on the same scale.
@@ -46,13 +46,14 @@ import torch
 from torch import nn
 
 from evax import groups as groups_mod
-from evax._modes import eval_mode
-from evax.attribution._groups import GroupsLike, Variables, flatten_inputs, progress_bar
 from evax.attribution.base import Attribution, TargetLike, check_inputs, resolve_target
 from evax.attribution.eva import DEFAULT_GROUPS, EVA, margin_spec
 from evax.bounds.api import DEFAULT_METHOD
+from evax.core.attacks import farthest_point_distance, minimal_l2_distance
+from evax.core.modes import eval_mode
+from evax.core.progress import progress_bar
+from evax.core.variables import GroupsLike, Variables, flatten_inputs
 from evax.errors import InvalidInputError, NotApplicableError
-from evax.metrics.attacks import box_radius, minimal_l2_distance
 
 
 @dataclass
@@ -217,7 +218,7 @@ class GreedyAS(_Greedy):
         include_prob: probability of each unselected variable in a subset.
         domain: ``(lo, hi)`` box of valid inputs for the attack (``None``: unbounded).
         pgd_steps, step_size, restarts, start, tol, rtol, max_radius, max_iter, patience: the
-            distance search (see :func:`evax.metrics.attacks.minimal_l2_distance`); the
+            distance search (see :func:`evax.core.attacks.minimal_l2_distance`); the
             defaults trade precision (5 % relative) for speed -- the regression only needs
             the values' order of magnitude.
         batch_size: PGD problems per forward/backward pass.
@@ -285,7 +286,7 @@ class GreedyAS(_Greedy):
         dist = res.distance
         if res.capped.any():  # one cap per image, the same for all its subsets
             if self.domain is not None:
-                cap = box_radius(flatten_inputs(inputs), torch.ones(1, 1, 1, dtype=torch.bool), self.domain)
+                cap = farthest_point_distance(flatten_inputs(inputs), torch.ones(1, 1, 1, dtype=torch.bool), self.domain)
                 if self.search["max_radius"] is not None:
                     cap = cap.clamp(max=float(self.search["max_radius"]))
             else:

@@ -25,11 +25,12 @@ else is in the batch, and its Monte-Carlo error does not count as sensitivity in
 Without ridge (``ridge=0``, the reference's ``pinv``) a singular or ill-conditioned system
 falls back to the pseudo-inverse with a :class:`SingularSystemWarning`.
 
-Presets: :class:`Square` (square removal, a *global* explanation, Table 1b) and
-:class:`NoisyBaseline` (noisy-baseline perturbation, a *local* explanation, Table 1a; with
-``global_=True`` it is multiplied by ``x - x0`` as Sec. 2.5). Note that the attribution preset
-:class:`evax.attribution.NoisyBaseline` is the *explanation*; the perturbation of the same name
-lives in :mod:`evax.metrics`.
+Presets: :class:`OptimalSquare` (square removal, a *global* explanation, Table 1b) and
+:class:`OptimalNoisyBaseline` (noisy-baseline noise, a *local* explanation, Table 1a; with
+``global_=True`` it is multiplied by ``x - x0`` as Sec. 2.5). They are the *explanations*; the
+noise distributions they are optimal for (:class:`evax.metrics.SquareRemoval`,
+:class:`evax.metrics.NoisyBaseline`) live in :mod:`evax.core.noise`. The old names
+``evax.attribution.Square`` / ``evax.attribution.NoisyBaseline`` are kept as aliases.
 """
 
 from __future__ import annotations
@@ -41,25 +42,19 @@ import torch
 from torch import nn
 
 from evax import groups as groups_mod
-from evax._modes import eval_mode
-from evax.attribution.base import Attribution, TargetLike, resolve_target
+from evax.attribution.base import Attribution, TargetLike
+from evax.core.checks import check_positive_float, check_positive_int, check_tensor
+from evax.core.modes import eval_mode
+from evax.core.noise import BaselineSpec, DifferenceToBaseline, NoiseDistribution, SquareRemoval
+from evax.core.noise import NoisyBaseline as NoisyBaselineNoise
+from evax.core.progress import progress_bar
+from evax.core.random import check_seed
+from evax.core.scores import score_function
+from evax.core.streaming import Draws, blocks, n_draws, steps
+from evax.core.targets import resolve_target
 from evax.errors import InvalidInputError
-from evax.metrics.infidelity import _blocks, _n_samples, score_function
-from evax.metrics.perturbations import (
-    BaselineSpec,
-    DifferenceToBaseline,
-    Perturbation,
-    SquareRemoval,
-    _check_tensor,
-    _positive_float,
-    _positive_int,
-    derived_generator,
-    make_generator,
-    progress_bar,
-)
-from evax.metrics.perturbations import NoisyBaseline as NoisyBaselinePerturbation
 
-__all__ = ["NoisyBaseline", "OptimalExplanation", "SingularSystemWarning", "Square"]
+__all__ = ["OptimalExplanation", "OptimalNoisyBaseline", "OptimalSquare", "SingularSystemWarning"]
 
 # normal equations kept in memory at once (float64 bytes) when choosing input blocks
 _GRAM_BUDGET = 1 << 29
@@ -74,7 +69,7 @@ class OptimalExplanation(Attribution):
 
     Args:
         model: classifier ``(M, *S) -> (M, K)``; eval mode while computing, restored after.
-        perturbation: a :class:`~evax.metrics.perturbations.Perturbation`.
+        perturbation: a :class:`~evax.core.noise.NoiseDistribution`.
         n_samples: perturbations drawn per input (default ``max(2000, 4 F)``); exhaustive
             perturbations use all their items (leave it ``None``). Use ``n >> F``: with
             ``n < F`` the sample Gram matrix is singular.
@@ -87,7 +82,7 @@ class OptimalExplanation(Attribution):
         activation: ``f`` from the logits (``None``: the logit, as the reference code).
         batch_size: model inputs per forward pass.
         seed: seed of the generator created on every call (its ``"optimal"`` stream, see
-            :func:`~evax.metrics.perturbations.derived_generator`: never the draws of a metric
+            :mod:`evax.core.random`: never the draws of a metric
             built with the same seed).
         progress: tqdm bar (``None``: only when stderr is a TTY).
         reduce: channel reduction of :meth:`attribute` (``"sum"``).
@@ -108,7 +103,7 @@ class OptimalExplanation(Attribution):
     def __init__(
         self,
         model: nn.Module,
-        perturbation: Perturbation,
+        perturbation: NoiseDistribution,
         n_samples: int | None = None,
         ridge: float = 0.0,
         groups: Any = None,
@@ -128,13 +123,16 @@ class OptimalExplanation(Attribution):
         global_ = bool(options.get("global", global_))
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"model must be an nn.Module, got {type(model).__name__}")
-        if not isinstance(perturbation, Perturbation):
-            raise InvalidInputError(f"perturbation must be a Perturbation, got {type(perturbation).__name__}")
+        if not isinstance(perturbation, NoiseDistribution):
+            raise InvalidInputError(
+                f"perturbation must be a noise distribution (evax.metrics.NoisyBaseline, SquareRemoval...), "
+                f"got {type(perturbation).__name__}"
+            )
         if n_samples is not None:
-            _positive_int(n_samples, "n_samples", minimum=2)
+            check_positive_int(n_samples, "n_samples", minimum=2)
         self.perturbation = perturbation
         self.n_samples = n_samples
-        self.ridge = _positive_float(ridge, "ridge", allow_zero=True)
+        self.ridge = check_positive_float(ridge, "ridge", allow_zero=True)
         self.groups = groups
         self.global_ = bool(global_)
         if self.global_ and perturbation.indicator:
@@ -142,7 +140,7 @@ class OptimalExplanation(Attribution):
                 f"{perturbation!r} perturbs with a mask (indicator=True): its optimal explanation is "
                 "already global; use global_=False (or indicator=False for a local one)"
             )
-        has_baseline = type(perturbation).baseline_of is not Perturbation.baseline_of
+        has_baseline = type(perturbation).baseline_of is not NoiseDistribution.baseline_of
         if (self.global_ or completeness) and not has_baseline:
             raise InvalidInputError(
                 f"global_=True and completeness=True need a perturbation with a baseline x0 (NoisyBaseline, "
@@ -150,8 +148,8 @@ class OptimalExplanation(Attribution):
             )
         self.completeness = bool(completeness)
         self.score = score_function(activation)
-        self.batch_size = _positive_int(batch_size, "batch_size")
-        make_generator(seed, torch.device("cpu"))
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        check_seed(seed)
         self.seed = seed
         self.progress = progress
 
@@ -253,20 +251,19 @@ class OptimalExplanation(Attribution):
     # -- main -----------------------------------------------------------------------------------
     def attribute_raw(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
         """``Phi*`` (see the class docstring for shapes)."""
-        _check_tensor(inputs)
+        check_tensor(inputs)
         x = inputs.detach()
         n_in = x.shape[0]
-        with eval_mode(self.model):
-            targets = resolve_target(self.model, x, target)
+        targets = resolve_target(self.model, x, target)
         gmat = self._group_matrix(x)
         s_i = self.perturbation.perturbation_shape(x)
         n_feat = int(gmat.shape[2]) if gmat is not None else int(torch.Size(s_i).numel())
-        n = _n_samples(self.n_samples, self.perturbation, x, default=max(2000, 4 * n_feat))
-        per_block, per_chunk = _blocks(n_in, n, self.batch_size)
+        n = n_draws(self.n_samples, self.perturbation, x, default=max(2000, 4 * n_feat))
+        per_block, per_chunk = blocks(n_in, n, self.batch_size)
         per_block = max(1, min(per_block, _GRAM_BUDGET // (8 * n_feat * n_feat)))  # chunks: n-independent
-        gen = None
+        draws = Draws(self.perturbation, self.seed, "optimal")  # the same draws for every block
         phis = []
-        steps = [(i, j) for i in range(0, n_in, per_block) for j in range(0, n, per_chunk)]
+        plan = steps(n_in, n, per_block, per_chunk)
         gram = rhs = None
         with eval_mode(self.model), torch.no_grad():
             fx = torch.cat(
@@ -276,15 +273,13 @@ class OptimalExplanation(Attribution):
                 ]
             )
             constraint = self._constraint(x, targets, fx, gmat) if self.completeness else None
-            for i, j in progress_bar(steps, self.progress, total=len(steps), desc="optimal explanation"):
-                xb = x[i : i + per_block]
-                b, k = xb.shape[0], min(per_chunk, n - j)
-                if j == 0:
+            for step in progress_bar(plan, self.progress, total=len(plan), desc="optimal explanation"):
+                xb, k, i = x[step.inputs], step.count, step.start
+                b = xb.shape[0]
+                if step.first:
                     gram = None
                     rhs = torch.zeros(b, n_feat, dtype=torch.float64, device=x.device)
-                    if not self.perturbation.exhaustive:
-                        gen = derived_generator(self.seed, "optimal", x.device)  # same draws for every block
-                pert, perturbed = self.perturbation.sample(xb, k, gen, offset=j, shared=True)
+                pert, perturbed = draws.sample(xb, step.offset, k, n)
                 out = self.model(perturbed.reshape(b * k, *x.shape[1:]))
                 df = fx[i : i + b].unsqueeze(1) - self.score(
                     out, targets[i : i + b].repeat_interleave(k)
@@ -300,7 +295,7 @@ class OptimalExplanation(Attribution):
                 gf = feats[:1] if gram.shape[0] == 1 else feats
                 gram += torch.bmm(gf.transpose(1, 2), gf)  # sum I I^T
                 rhs += torch.bmm(feats.transpose(1, 2), df.unsqueeze(2).to(torch.float64)).squeeze(2)
-                if j + k >= n:
+                if step.last(n):
                     phis.append(self._finish((gram / n).expand(b, -1, -1), rhs / n, constraint, i, b))
         phi = torch.cat(phis).to(x.dtype)  # (N, F)
         if gmat is not None:
@@ -318,7 +313,7 @@ class OptimalExplanation(Attribution):
         return phi
 
 
-class Square(OptimalExplanation):
+class OptimalSquare(OptimalExplanation):
     """The optimal explanation for square removal ("Square", Table 1b): a *global* explanation.
 
     Defaults follow the reference evaluation: every square of side 1..10 set to the baseline
@@ -341,7 +336,7 @@ class Square(OptimalExplanation):
         super().__init__(model, pert, n_samples=n_samples, ridge=ridge, **kwargs)
 
 
-class NoisyBaseline(OptimalExplanation):
+class OptimalNoisyBaseline(OptimalExplanation):
     """The optimal explanation for the noisy-baseline perturbation ("NB", Table 1a): local.
 
     Defaults follow the reference code: ``x~ = clip(x0 + eps, 0, 1)``, ``eps ~ N(0, 0.2^2)``,
@@ -360,5 +355,5 @@ class NoisyBaseline(OptimalExplanation):
         ridge: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        pert = NoisyBaselinePerturbation(sigma=sigma, baseline=baseline, clip=clip)
+        pert = NoisyBaselineNoise(sigma=sigma, baseline=baseline, clip=clip)
         super().__init__(model, pert, n_samples=n_samples, ridge=ridge, **kwargs)

@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evax._modes import eval_mode
-from evax.attribution._groups import progress_bar, score_function
 from evax.attribution.base import Attribution, TargetLike, check_inputs, resolve_target
+from evax.core.modes import eval_mode
+from evax.core.progress import progress_bar
+from evax.core.scores import score_function
 from evax.errors import InvalidInputError, NotApplicableError
 
 _BLOCK = 250

@@ -31,22 +31,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from evax._modes import eval_mode
 from evax.attribution.base import TargetLike
+from evax.core.checks import check_clip, check_positive_float, check_positive_int, check_tensor
+from evax.core.explainers import call_explainer, find_model
+from evax.core.modes import eval_mode
+from evax.core.noise import GaussianNoise, NoiseDistribution, UniformNoise
+from evax.core.progress import progress_bar
+from evax.core.random import check_seed
+from evax.core.streaming import Draws, blocks, steps
+from evax.core.targets import resolve_target
 from evax.errors import InvalidInputError
-from evax.metrics.infidelity import call_explainer, find_model, resolve_targets
-from evax.metrics.perturbations import (
-    GaussianNoise,
-    Perturbation,
-    UniformNoise,
-    _check_clip,
-    _check_tensor,
-    _positive_float,
-    _positive_int,
-    derived_generator,
-    make_generator,
-    progress_bar,
-)
 
 __all__ = ["Smoothed"]
 
@@ -73,7 +67,7 @@ class Smoothed:
         model: used to resolve ``target=None`` when the explainer does not expose its model.
         batch_size: inputs per explainer call (``B`` images and ``batch_size // B`` points).
         seed: seed of the generator created on every call (deterministic, nothing global; its
-            ``"smoothing"`` stream, see :func:`~evax.metrics.perturbations.derived_generator`).
+            ``"smoothing"`` stream, see :mod:`evax.core.random`).
         progress: tqdm bar (``None``: only when stderr is a TTY).
 
     ``attribute(inputs, target=None)`` has the shape of ``explainer.attribute``; when the
@@ -102,15 +96,15 @@ class Smoothed:
             raise InvalidInputError(f"unknown kernel {kernel!r}: use 'gaussian' or 'uniform'")
         self.explainer = explainer
         self.kernel = kernel
-        self.radius = _positive_float(radius, "radius")
-        self.n_samples = _positive_int(n_samples, "n_samples")
-        self.clip = _check_clip(clip)
-        self.sampler: Perturbation = (
+        self.radius = check_positive_float(radius, "radius")
+        self.n_samples = check_positive_int(n_samples, "n_samples")
+        self.clip = check_clip(clip)
+        self.sampler: NoiseDistribution = (
             GaussianNoise(self.radius) if kernel == "gaussian" else UniformNoise(self.radius)
         )
         self.model = model if model is not None else find_model(explainer)
-        self.batch_size = _positive_int(batch_size, "batch_size")
-        make_generator(seed, torch.device("cpu"))
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        check_seed(seed)
         self.seed = seed
         self.progress = progress
 
@@ -123,29 +117,31 @@ class Smoothed:
     def offsets(self, inputs: torch.Tensor) -> torch.Tensor:
         """The kernel's offsets ``eps_j`` ``(n_samples, *S)``, drawn from a generator seeded with
         ``seed``: the points are ``z_j = x - eps_j`` (clamped to ``clip``)."""
-        gen = derived_generator(self.seed, "smoothing", inputs.device)
-        eps, _ = self.sampler.sample(torch.zeros_like(inputs[:1]), self.n_samples, gen)
+        eps, _ = self._draws().sample(torch.zeros_like(inputs[:1]), 0, self.n_samples, self.n_samples)
         return eps[0]
 
+    def _draws(self) -> Draws:
+        """The kernel's draws: the ``"smoothing"`` stream of ``seed`` (:mod:`evax.core.streaming`)."""
+        return Draws(self.sampler, self.seed, "smoothing")
+
     def _smooth(self, explainer: Any, inputs: torch.Tensor, target: TargetLike) -> torch.Tensor:
-        _check_tensor(inputs)
+        check_tensor(inputs)
         x = inputs.detach()
         n_in, n = x.shape[0], self.n_samples
-        targets = resolve_targets(self.model, x, target)
-        eps = self.offsets(x)  # (n, *S), shared by every input
-        per_block = min(n_in, self.batch_size)
-        per_chunk = max(1, min(n, self.batch_size // per_block))
-        blocks = []
-        steps = [(i, j) for i in range(0, n_in, per_block) for j in range(0, n, per_chunk)]
+        targets = resolve_target(self.model, x, target)
+        draws = self._draws()  # the same offsets eps_j for every input
+        per_block, per_chunk = blocks(n_in, n, self.batch_size)
+        out_blocks = []
+        plan = steps(n_in, n, per_block, per_chunk)
         total: torch.Tensor | None = None
-        for i, j in progress_bar(steps, self.progress, total=len(steps), desc="smoothing"):
-            xb = x[i : i + per_block]
-            b, k = xb.shape[0], min(per_chunk, n - j)
-            z = xb.unsqueeze(1) - eps[j : j + k].unsqueeze(0)  # (b, k, *S)
+        for step in progress_bar(plan, self.progress, total=len(plan), desc="smoothing"):
+            xb, k, j = x[step.inputs], step.count, step.offset
+            b = xb.shape[0]
+            _, z = draws.sample(xb, j, k, n)  # z_j = x - eps_j, (b, k, *S)
             if self.clip is not None:
                 z = z.clamp(self.clip[0], self.clip[1])
             z = z.reshape(b * k, *x.shape[1:])
-            tb = targets[i : i + b].repeat_interleave(k)
+            tb = targets[step.inputs].repeat_interleave(k)
             if self.model is not None:
                 with eval_mode(self.model):
                     e = call_explainer(explainer, z, tb)
@@ -166,10 +162,10 @@ class Smoothed:
                 if part.shape != total.shape:
                     raise InvalidInputError("the explainer returned explanations of varying shapes")
                 total += part
-            if j + k >= n:
+            if step.last(n):
                 assert total is not None
-                blocks.append((total / n).to(e.dtype))
-        return torch.cat(blocks)
+                out_blocks.append((total / n).to(e.dtype))
+        return torch.cat(out_blocks)
 
     def attribute(self, inputs: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
         """``Phi_k(f, x)`` ``(N, ...)`` with the explainer's output shape."""

@@ -59,15 +59,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from evax._modes import eval_mode
-from evax.attribution._groups import GroupsLike, Variables
 from evax.attribution._witness import exact_witnesses, find_witnesses
 from evax.attribution.base import TargetLike, check_inputs, resolve_target
 from evax.attribution.eva import DEFAULT_GROUPS, EVA, _norm_name, margin_spec
 from evax.bounds.api import bound
 from evax.bounds.propagate import parse_method
+from evax.core.explainers import call_explainer
+from evax.core.modes import eval_mode
+from evax.core.variables import GroupsLike, Variables
 from evax.errors import InvalidInputError
-from evax.metrics.base import call_explainer
 from evax.perturbation import Ball
 
 OrderLike = str | Callable[..., torch.Tensor] | torch.Tensor

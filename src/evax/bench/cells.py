@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from evax.attribution.base import reduce_channels
-from evax.bench.components import ComponentUnavailable, method_class, metric_class
+from evax.bench.components import ComponentBroken, ComponentUnavailable, method_class, metric_class
 from evax.bench.workers import torch_threads
+from evax.core.variables import reduce_channels
 from evax.errors import NotApplicableError
 
 
@@ -154,8 +154,7 @@ class Explainer:
 
     * ``{"cls": "Saliency", "kwargs": {...}}`` -- an evax method (``evax.attribution.METHODS``);
     * ``{"captum": "Saliency", "init": {...}, "call": {...}}`` -- a Captum method used directly
-      where the infidelity paper's variant is not an evax default (the *signed* gradient, the
-      *local* IG = path-averaged gradient, ``multiply_by_inputs=False``);
+      where the infidelity paper's variant is not an evax method (the *signed* gradient);
     * ``{"smooth": SPEC, "kwargs": {...}}`` -- :class:`evax.attribution.Smoothed` of SPEC (the
       "-SG" rows of the infidelity paper);
     * ``{"times_input": SPEC, "baseline": 0.0}`` -- ``Phi(x) * (x - x0)``, the global version
@@ -225,7 +224,10 @@ class Explainer:
 
 # ------------------------------------------------------------------ errors
 def _describe(exc: BaseException) -> tuple[str, bool]:
-    """``(message, permanent)`` for a failure."""
+    """``(message, permanent)`` for a failure; a :class:`ComponentBroken` (a module of evax that
+    fails to import) is re-raised: that is a bug, never a cell's recorded error."""
+    if isinstance(exc, ComponentBroken):
+        raise exc
     if isinstance(exc, NotApplicableError):
         return f"n/a: {exc}", True
     if isinstance(exc, ComponentUnavailable):
@@ -396,7 +398,7 @@ def _infidelity_cell(cell: Cell, rec: dict) -> None:
         return
     try:
         explainer = Explainer(cfg["method"], model, cell.seed)
-        if "map" in rec["tensors"]:
+        if "raw" in rec["tensors"]:  # the raw explanation is what INFD and SENS_MAX score
             phi = rec["tensors"]["raw"].to(x.device)
         else:
             t0 = time.perf_counter()
@@ -451,8 +453,8 @@ def _sanity_cell(cell: Cell, rec: dict) -> None:
 
 def _tightness_cell(cell: Cell, rec: dict) -> None:
     """EVA Table 2's extra block: the AO bound of the whole ball B by a bound method (exact = MILP)."""
-    from evax.attribution.eva import margin_spec
     from evax.bounds.api import bound
+    from evax.core.specs import margin_spec
     from evax.perturbation import Ball
 
     cfg = cell.config
@@ -461,7 +463,9 @@ def _tightness_cell(cell: Cell, rec: dict) -> None:
     model = _model(cfg)
     x, target, label = _image(cell, model)
     rec["extra"].update(label=label, target=int(target[0]))
-    spec = margin_spec(target, 10)
+    with torch.no_grad():
+        n_classes = int(model(x[:1]).shape[1])  # the model's own number of classes
+    spec = margin_spec(target, n_classes)
     t0 = time.perf_counter()
     b = bound(model, Ball(x, float(cfg["eps"])), cfg["bound_method"], spec)
     rec["values"]["seconds"] = time.perf_counter() - t0

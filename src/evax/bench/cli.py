@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from evax import _cli
+from evax.core import cli_support as _cli
 from evax.errors import InvalidInputError
 
 CHOICES = ("eva-table1", "eva-table2", "eva-table3", "infidelity-table1", "infidelity-table2", "targeted", "all")

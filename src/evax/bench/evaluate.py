@@ -126,11 +126,11 @@ _NOT_SETTINGS = {"self", "model", "inputs", "targets", "target", "explainer", "p
 def _defaults(cls_name: str) -> dict:
     import inspect
 
-    from evax.bench.components import method_class, metric_class
+    from evax.bench.components import ComponentUnavailable, method_class, metric_class
 
     try:
         cls = metric_class(cls_name)
-    except Exception:  # noqa: BLE001 - not a metric: a method
+    except ComponentUnavailable:  # not a metric: a method
         cls = method_class(cls_name)
     out = {}
     for name, p in inspect.signature(cls).parameters.items():

@@ -122,14 +122,14 @@ def heatmaps_figure(path: Path, images: torch.Tensor, cells: list, records: dict
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from evax.viz import _image
+    from evax.viz import image_array
 
     idx = sorted({c.index for c in cells})[:MAX_HEATMAP_ROWS]
     maps = {(c.method, c.index): records.get(c.key, {}).get("tensors", {}).get("map") for c in cells}
     fig, axes = plt.subplots(len(idx), 1 + len(methods), figsize=(1.8 * (1 + len(methods)), 1.9 * len(idx)),
                              squeeze=False)
     for r, i in enumerate(idx):
-        img = _image(images[i])
+        img = image_array(images[i])
         axes[r, 0].imshow(img, cmap="gray" if img.ndim == 2 else None)
         axes[r, 0].set_title(names[i][-18:], fontsize=7)
         for k, method in enumerate(methods, start=1):

@@ -585,9 +585,10 @@ def _grad(local: bool) -> dict:
 
 
 def _ig(local: bool, steps: int) -> dict:
-    # local IG = the path-averaged gradient (Captum's multiply_by_inputs=False); global = IG itself
-    return {"captum": "IntegratedGradients", "init": {"multiply_by_inputs": not local},
-            "call": {"n_steps": steps, "method": "riemann_trapezoid"}}
+    # the library's IG (with its trapezoid correction); local IG = the path-averaged gradient
+    # (multiply_by_inputs=False), global = IG itself
+    return {"cls": "IntegratedGradients",
+            "kwargs": {"n_steps": steps, "method": "riemann_trapezoid", "multiply_by_inputs": not local}}
 
 
 def _gbp(local: bool) -> dict:
@@ -604,10 +605,10 @@ def _infd_methods(local: bool, quick: bool, setting: str) -> dict[str, dict]:
         "GBP": _gbp(local), "GBP-SG": {"smooth": _gbp(local), "kwargs": sg},
     }
     if local:
-        rows["Noisy Baseline"] = {"cls": "NoisyBaseline", "kwargs": {"n_samples": 200 if quick else 20000}}
+        rows["Noisy Baseline"] = {"cls": "OptimalNoisyBaseline", "kwargs": {"n_samples": 200 if quick else 20000}}
     else:
         rows["SHAP"] = {"cls": "KernelSHAP", "kwargs": {"n_samples": 32 if quick else 500}}
-        rows["Square"] = {"cls": "Square", "kwargs": _square_kwargs(setting, quick)}
+        rows["Square"] = {"cls": "OptimalSquare", "kwargs": _square_kwargs(setting, quick)}
     return rows
 
 
@@ -672,9 +673,9 @@ def infidelity_table1(
         metrics = _infd_metrics(local, key, quick)
         rows = _infd_methods(local, quick, key)
         for mname, spec in rows.items():
-            if spec.get("cls") == "Square" and "groups_grid" in spec.get("kwargs", {}):
+            if spec.get("cls") == "OptimalSquare" and "groups_grid" in spec.get("kwargs", {}):
                 kw = dict(spec["kwargs"])
-                rows[mname] = {"cls": "Square", "kwargs": kw, "groups_grid": kw.pop("groups_grid")}
+                rows[mname] = {"cls": "OptimalSquare", "kwargs": kw, "groups_grid": kw.pop("groups_grid")}
         keep = _within(methods, rows)
         for idx in image_indices(s.dataset, n or s.n, opts.seed):
             for mname, spec in _only(rows, keep).items():
@@ -712,7 +713,7 @@ def infidelity_table2(
         rows = {k: m[k] for k in ("Grad", "Grad-SG", "IG", "IG-SG", "Square")}
         if "groups_grid" in rows["Square"].get("kwargs", {}):
             kw = dict(rows["Square"]["kwargs"])
-            rows["Square"] = {"cls": "Square", "kwargs": kw, "groups_grid": kw.pop("groups_grid")}
+            rows["Square"] = {"cls": "OptimalSquare", "kwargs": kw, "groups_grid": kw.pop("groups_grid")}
         for idx in image_indices(s.dataset, n or s.n, opts.seed):
             for mname, spec in _only(rows, methods).items():
                 cfg = {"model": s.model, "dataset": s.dataset, "method": spec, "layer": "last",

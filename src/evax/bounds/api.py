@@ -9,7 +9,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from evax._modes import eval_mode
 from evax.bounds.graph import Graph, build_graph, check_against_model
 from evax.bounds.propagate import (
     AlphaOptions,
@@ -20,6 +19,7 @@ from evax.bounds.propagate import (
     estimate_state_floats_per_box,
     parse_method,
 )
+from evax.core.modes import eval_mode
 from evax.errors import InvalidInputError
 from evax.perturbation import PerturbationSet
 

@@ -18,80 +18,23 @@ which is called once on all the inputs.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from evax._modes import eval_mode
-from evax.attribution._groups import (  # noqa: F401 - progress_bar, score_function re-exported
-    GroupsLike,
-    Variables,
-    flatten_inputs,
-    progress_bar,
-    score_function,
-)
-from evax.attribution.base import TargetLike, check_inputs, resolve_target
+from evax.core.baselines import BaselineLike as BaselineLike
+from evax.core.baselines import make_baseline as make_baseline
+from evax.core.checks import check_inputs
+from evax.core.explainers import Explainer, call_explainer
+from evax.core.modes import eval_mode
+from evax.core.progress import progress_bar
+from evax.core.random import generator
+from evax.core.scores import score_function
+from evax.core.targets import TargetLike, resolve_target
+from evax.core.variables import GroupsLike, Variables, flatten_inputs
 from evax.errors import InvalidInputError
-
-Explainer = Callable[..., torch.Tensor]
-BaselineLike = str | float | int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
-
-
-def make_baseline(
-    baseline: BaselineLike, inputs: torch.Tensor, generator: torch.Generator
-) -> torch.Tensor:
-    """The baseline state ``x0`` with the shape of ``inputs``.
-
-    * ``"uniform"``: ``x0 ~ U(0, 1)`` drawn independently for every entry of every sample
-      (the EVA paper's random baseline, following Hsieh et al.);
-    * ``"zero"``, a number: that constant;
-    * a tensor broadcastable to ``inputs`` (e.g. ``(C, H, W)`` or ``(N, C, H, W)``);
-    * a callable ``baseline(inputs) -> tensor`` broadcastable to ``inputs``.
-    """
-    if isinstance(baseline, str):
-        if baseline == "uniform":
-            x0 = torch.rand(inputs.shape, generator=generator, dtype=inputs.dtype).to(inputs.device)
-        elif baseline == "zero":
-            x0 = torch.zeros_like(inputs)
-        else:
-            raise InvalidInputError(
-                f"unknown baseline {baseline!r}: use 'uniform', 'zero', a number, a tensor or a callable"
-            )
-    elif isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        x0 = torch.full_like(inputs, float(baseline))
-    elif isinstance(baseline, torch.Tensor) or callable(baseline):
-        x0 = baseline(inputs) if callable(baseline) and not isinstance(baseline, torch.Tensor) else baseline
-        if not isinstance(x0, torch.Tensor):
-            raise InvalidInputError(f"the baseline callable must return a tensor, got {type(x0).__name__}")
-        try:
-            x0 = torch.broadcast_to(x0.to(inputs.device, inputs.dtype), inputs.shape).clone()
-        except RuntimeError as exc:
-            raise InvalidInputError(
-                f"baseline of shape {tuple(x0.shape)} does not broadcast to the inputs {tuple(inputs.shape)}"
-            ) from exc
-    else:
-        raise InvalidInputError(f"baseline must be a str, a number, a tensor or a callable, got {type(baseline).__name__}")
-    if not torch.isfinite(x0).all():
-        raise InvalidInputError("the baseline contains NaN or inf")
-    return x0
-
-
-def call_explainer(explain: Explainer, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Run ``explain(inputs, target)``; ``target`` is passed by keyword when the callable has a
-    parameter of that name (Captum's ``attribute`` methods), positionally otherwise."""
-    try:
-        params = inspect.signature(explain).parameters
-    except (TypeError, ValueError):
-        params = {}
-    out = explain(inputs, target=targets) if "target" in params else explain(inputs, targets)
-    if isinstance(out, tuple):  # e.g. Captum with return_convergence_delta
-        out = out[0]
-    if not isinstance(out, torch.Tensor):
-        raise InvalidInputError(f"the explainer returned {type(out).__name__}, expected a tensor")
-    return out.detach()
 
 
 def trapezoid_auc(curves: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
@@ -108,11 +51,11 @@ class Metric:
         targets: explained classes ``(N,)`` (int, sequence or tensor); ``None`` = predicted.
         activation: score of the explained class: ``"softmax"`` (default, App. F), ``None``
             (logit), ``"sigmoid"`` or a callable on the logits.
-        groups: variables are pixels (``None``) or groups (see :mod:`evax.attribution._groups`).
+        groups: variables are pixels (``None``) or groups (see :mod:`evax.core.variables`).
         reduce: channel reduction of ``(N, C, H, W)`` explanations (``"sum"``, ``"abs"``,
             ``"max_abs"``).
         group_reduce: ``"auto"`` (default), ``"sum"`` or ``"mean"`` of the pixel scores inside
-            a group (see :class:`evax.attribution._groups.Variables`: ``"auto"`` takes the mean
+            a group (see :class:`evax.core.variables.Variables`: ``"auto"`` takes the mean
             of a map that is constant on every group -- a painted group-level explanation --
             and the sum otherwise).
         batch_size: model inputs per forward pass.
@@ -138,8 +81,7 @@ class Metric:
             raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
         self.model = model
         self.inputs = inputs.detach().clone()
-        with eval_mode(model):
-            self.targets = resolve_target(model, self.inputs, targets)
+        self.targets = resolve_target(model, self.inputs, targets)
         self.variables = Variables(self.inputs, groups, reduce, group_reduce)
         self.score = score_function(activation)
         self.batch_size = batch_size
@@ -150,8 +92,9 @@ class Metric:
     def stream(self, k: int) -> torch.Generator:
         """An independent generator for the ``k``-th random object of the metric (baseline: 0,
         subsets / tie-breaks: 1...), so each object's draws for sample ``i`` do not depend on
-        how many other objects were drawn before."""
-        return torch.Generator().manual_seed((int(self.seed) + 0x9E3779B97F4A7C15 * (k + 1)) % (2**63))
+        how many other objects were drawn before: the stream ``"metric/k"`` of ``seed`` (see
+        :mod:`evax.core.random`)."""
+        return generator(int(self.seed), f"metric/{k}")
 
     @property
     def n_vars(self) -> int:

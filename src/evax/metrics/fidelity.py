@@ -27,10 +27,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from evax.attribution._groups import GroupsLike
-from evax.attribution.base import TargetLike
+from evax.core.baselines import BaselineLike, make_baseline
+from evax.core.targets import TargetLike
+from evax.core.variables import GroupsLike
 from evax.errors import InvalidInputError
-from evax.metrics.base import BaselineLike, Metric, make_baseline, trapezoid_auc
+from evax.metrics.base import Metric, trapezoid_auc
 
 
 class _CausalFidelity(Metric):
@@ -40,7 +41,7 @@ class _CausalFidelity(Metric):
         model, inputs, targets, activation, groups, reduce, group_reduce, batch_size, seed,
         progress: see :class:`evax.metrics.base.Metric`.
         baseline: ``"uniform"`` (default), a number, a tensor or a callable (see
-            :func:`evax.metrics.base.make_baseline`).
+            :func:`evax.core.baselines.make_baseline`).
         steps: number of removal steps: the curve has ``steps + 1`` points at
             ``n_k = round(k * V / steps)`` variables, ``k = 0..steps``. ``None`` (default): one
             variable per step (``steps = V``), the exact curve.

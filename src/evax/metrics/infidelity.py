@@ -7,10 +7,11 @@ memory does not grow with ``n_samples``. Every random draw comes from a ``torch.
 seeded by ``seed`` on each call -- two explanations scored by the same metric object are
 scored against *the same* perturbations (paired comparisons), and nothing global is seeded.
 The ``n`` draws are shared by all the inputs (common random numbers, ``sample(...,
-shared=True)``), made in chunks of ``min(n_samples, batch_size)`` from a generator re-seeded for
-every block of inputs: an input's score depends on ``(seed, n_samples, batch_size)`` but not on
-the other inputs of the batch. With ``batch_size >= n_samples`` the draws are exactly those of
-``perturbation.sample(inputs, n_samples, torch.Generator().manual_seed(seed), shared=True)``.
+shared=True)``) and made in fixed draw blocks (:class:`evax.core.streaming.Draws`): an input's
+score depends on ``(seed, n_samples)`` but neither on ``batch_size`` (up to float summation
+order) nor on the other inputs of the batch. With ``n_samples <= 1024`` the draws are exactly
+those of ``perturbation.sample(inputs, n_samples, torch.Generator().manual_seed(seed),
+shared=True)``.
 
 Explanation shapes: ``(N, *S)`` like the inputs; for images ``(N, C, H, W)`` also ``(N, H, W)``
 or ``(N, 1, H, W)`` -- a channel-reduced explanation scores every channel of its pixel alike
@@ -21,87 +22,27 @@ or ``(N, 1, H, W)`` -- a channel-reduced explanation scores every channel of its
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from evax._checks import as_class_index
-from evax._modes import eval_mode
-from evax.attribution._groups import score_function
-from evax.attribution.base import TargetLike, resolve_target
+from evax.core.checks import check_positive_float, check_positive_int, check_tensor
+from evax.core.explainers import Explainer, call_explainer, find_model
+from evax.core.modes import eval_mode
+from evax.core.noise import NoiseDistribution, UniformNoise
+from evax.core.progress import progress_bar
+from evax.core.random import check_seed
+from evax.core.scores import ActivationLike, score_function
+from evax.core.streaming import Draws, blocks, n_draws, steps
+from evax.core.targets import TargetLike, resolve_target
 from evax.errors import InvalidInputError
-from evax.metrics import base as _metrics_base
-from evax.metrics.perturbations import (
-    Perturbation,
-    UniformNoise,
-    _check_tensor,
-    _positive_float,
-    _positive_int,
-    make_generator,
-    progress_bar,
-)
 
 __all__ = ["Infidelity", "MaxSensitivity"]
 
-Explainer = Callable[..., torch.Tensor] | Any
-ActivationLike = str | None | Callable[[torch.Tensor], torch.Tensor]
-
 
 # --------------------------------------------------------------------------- shared helpers
-# (also used by evax.metrics.sanity and evax.attribution.optimal / smoothing)
-
-
-def call_explainer(explainer: Explainer, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``Phi(inputs)`` for ``targets`` ``(M,)``, detached.
-
-    ``explainer`` is an object with ``.attribute(inputs, target)`` (evax methods, Captum
-    attribution objects, :class:`~evax.attribution.Smoothed`) or a callable
-    ``explain(inputs, target)`` (see :func:`evax.metrics.base.call_explainer`).
-    """
-    fn = explainer.attribute if hasattr(explainer, "attribute") else explainer
-    if not callable(fn):
-        raise InvalidInputError(
-            f"explainer must have .attribute(inputs, target) or be a callable, got {type(explainer).__name__}"
-        )
-    return _metrics_base.call_explainer(fn, inputs, targets)
-
-
-def find_model(explainer: Any, depth: int = 0) -> nn.Module | None:
-    """The ``nn.Module`` an explainer explains, when it exposes one: ``.model`` (evax),
-    ``.forward_func`` (Captum), the wrapped ``.explainer`` (:class:`Smoothed`) or the object a
-    bound ``.attribute`` method belongs to; ``None`` otherwise."""
-    if depth > 4 or explainer is None:
-        return None
-    if isinstance(explainer, nn.Module):
-        return explainer
-    for attr in ("model", "forward_func"):
-        m = getattr(explainer, attr, None)
-        if isinstance(m, nn.Module):
-            return m
-    owner = getattr(explainer, "__self__", None)
-    if owner is not None and owner is not explainer:
-        found = find_model(owner, depth + 1)
-        if found is not None:
-            return found
-    inner = getattr(explainer, "explainer", None)
-    return find_model(inner, depth + 1) if inner is not None and inner is not explainer else None
-
-
-def resolve_targets(model: nn.Module | None, inputs: torch.Tensor, target: TargetLike) -> torch.Tensor:
-    """``target`` as int64 ``(N,)`` (``None``: the model's prediction, in eval mode).
-
-    Without a model only explicit targets can be used (there is nothing to predict with)."""
-    if model is not None:
-        with eval_mode(model):
-            return resolve_target(model, inputs, target)
-    if target is None:
-        raise InvalidInputError(
-            "target=None needs the model to predict the class, and the explainer does not expose "
-            "one: pass model=... or an explicit target"
-        )
-    return as_class_index(target, inputs.shape[0], inputs.device)
 
 
 def check_explanation(expl: Any, inputs: torch.Tensor, label: str = "explanations") -> torch.Tensor:
@@ -154,29 +95,6 @@ def dot_perturbations(pert: torch.Tensor, expl: torch.Tensor) -> torch.Tensor:
     return torch.bmm(pert.reshape(b, k, -1), expl.reshape(b, -1, 1).to(pert.dtype)).squeeze(2)
 
 
-def _n_samples(n_samples: int | None, perturbation: Perturbation, inputs: torch.Tensor, default: int) -> int:
-    """Draws per input: all the items of an exhaustive perturbation, else ``n_samples`` or
-    ``default``."""
-    if perturbation.exhaustive:
-        total = perturbation.size(inputs)
-        assert total is not None
-        if n_samples is not None and n_samples != total:
-            raise InvalidInputError(
-                f"{perturbation!r} enumerates all its {total} items for these inputs: leave "
-                f"n_samples=None (got {n_samples}), or use a random perturbation to draw n_samples"
-            )
-        return total
-    return default if n_samples is None else n_samples
-
-
-def _blocks(n_inputs: int, n: int, batch_size: int) -> tuple[int, int]:
-    """``(inputs per block, samples per chunk)`` with ``block * chunk <= batch_size`` (at least 1
-    each): all the samples of several inputs when they fit, else chunks of one input's samples."""
-    if n >= batch_size:
-        return 1, batch_size
-    return max(1, min(n_inputs, batch_size // n)), n
-
-
 # --------------------------------------------------------------------------- Infidelity
 
 
@@ -186,7 +104,7 @@ class Infidelity:
         INFD(Phi, f, x) = E_{I ~ mu_I} [ (I^T Phi(f, x) - (f(x) - f(x - I)))^2 ]
 
     estimated with ``n_samples`` draws ``(I_j, x~_j)`` of ``perturbation`` (``x~_j`` replaces
-    ``x - I_j``, see :mod:`evax.metrics.perturbations`). With ``a_j = I_j^T Phi`` and
+    ``x - I_j``, see :mod:`evax.core.noise`). With ``a_j = I_j^T Phi`` and
     ``b_j = f(x) - f(x~_j)`` the streamed sufficient statistics are ``S_aa = sum a^2``,
     ``S_ab = sum a b``, ``S_bb = sum b^2`` (float64). ``normalize=True`` (the authors' evaluation
     and Captum's ``normalize``) first rescales the explanation by the optimal
@@ -199,7 +117,7 @@ class Infidelity:
 
     Args:
         model: classifier ``(M, *S) -> (M, K)``; put in eval mode while scoring, restored after.
-        perturbation: a :class:`~evax.metrics.perturbations.Perturbation` (``NoisyBaseline`` for
+        perturbation: a :class:`~evax.core.noise.NoiseDistribution` (``NoisyBaseline`` for
             local explanations, ``SquareRemoval`` for global ones in the paper).
         n_samples: Monte-Carlo draws per input (>= 2; default 1000). Exhaustive perturbations
             enumerate all their items: leave it ``None``.
@@ -220,7 +138,7 @@ class Infidelity:
     def __init__(
         self,
         model: nn.Module,
-        perturbation: Perturbation,
+        perturbation: NoiseDistribution,
         n_samples: int | None = None,
         normalize: bool = True,
         activation: ActivationLike = None,
@@ -230,21 +148,21 @@ class Infidelity:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"model must be an nn.Module, got {type(model).__name__}")
-        if not isinstance(perturbation, Perturbation):
+        if not isinstance(perturbation, NoiseDistribution):
             raise InvalidInputError(
-                f"perturbation must be an evax.metrics Perturbation (GaussianNoise, NoisyBaseline, "
+                f"perturbation must be an evax.metrics noise distribution (GaussianNoise, NoisyBaseline, "
                 f"SquareRemoval, ...), got {type(perturbation).__name__}"
             )
         if n_samples is not None:
-            _positive_int(n_samples, "n_samples", minimum=2)
+            check_positive_int(n_samples, "n_samples", minimum=2)
         self.model = model
         self.perturbation = perturbation
         self.n_samples = n_samples
         self.normalize = bool(normalize)
         self.score = score_function(activation)
-        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.batch_size = check_positive_int(batch_size, "batch_size")
         self.seed = seed
-        make_generator(seed, torch.device("cpu"))  # validates the seed
+        check_seed(seed)
         self.progress = progress
 
     def __call__(
@@ -254,10 +172,9 @@ class Infidelity:
         target: TargetLike = None,
         detailed: bool = False,
     ) -> Any:
-        _check_tensor(inputs)
+        check_tensor(inputs)
         x = inputs.detach()
-        with eval_mode(self.model):
-            targets = resolve_target(self.model, x, target)
+        targets = resolve_target(self.model, x, target)
         names: list[Any]
         if isinstance(explanations, Mapping):
             names, items = list(explanations.keys()), list(explanations.values())
@@ -285,12 +202,12 @@ class Infidelity:
     @torch.no_grad()
     def _statistics(self, x: torch.Tensor, targets: torch.Tensor, expls: list[torch.Tensor]) -> torch.Tensor:
         n_in = x.shape[0]
-        n = _n_samples(self.n_samples, self.perturbation, x, default=1000)
+        n = n_draws(self.n_samples, self.perturbation, x, default=1000)
         self._last_n = n
-        per_block, per_chunk = _blocks(n_in, n, self.batch_size)
-        gen = None
+        per_block, per_chunk = blocks(n_in, n, self.batch_size)
+        draws = Draws(self.perturbation, self.seed)  # the same draws for every block of inputs
         stats = torch.zeros(len(expls), n_in, 4, dtype=torch.float64, device=x.device)
-        steps = [(i, j) for i in range(0, n_in, per_block) for j in range(0, n, per_chunk)]
+        plan = steps(n_in, n, per_block, per_chunk)
         with eval_mode(self.model):
             fx = torch.cat(
                 [
@@ -298,18 +215,16 @@ class Infidelity:
                     for xb, tb in zip(x.split(self.batch_size), targets.split(self.batch_size), strict=True)
                 ]
             )
-            for i, j in progress_bar(steps, self.progress, total=len(steps), desc="infidelity"):
-                xb = x[i : i + per_block]
-                b, k = xb.shape[0], min(per_chunk, n - j)
-                if j == 0 and not self.perturbation.exhaustive:
-                    gen = make_generator(self.seed, x.device)  # the same draws for every block
-                pert, perturbed = self.perturbation.sample(xb, k, gen, offset=j, shared=True)
+            for step in progress_bar(plan, self.progress, total=len(plan), desc="infidelity"):
+                xb, k = x[step.inputs], step.count
+                b = xb.shape[0]
+                pert, perturbed = draws.sample(xb, step.offset, k, n)
                 out = self.model(perturbed.reshape(b * k, *x.shape[1:]))
-                fb = self.score(out, targets[i : i + b].repeat_interleave(k)).view(b, k)
-                diff = (fx[i : i + b].unsqueeze(1) - fb).to(torch.float64)  # b_j = f(x) - f(x~_j)
+                fb = self.score(out, targets[step.inputs].repeat_interleave(k)).view(b, k)
+                diff = (fx[step.inputs].unsqueeze(1) - fb).to(torch.float64)  # b_j = f(x) - f(x~_j)
                 for e, expl in enumerate(expls):
-                    a = dot_perturbations(pert, expl[i : i + b]).to(torch.float64)  # a_j = I_j^T Phi
-                    s = stats[e, i : i + b]
+                    a = dot_perturbations(pert, expl[step.inputs]).to(torch.float64)  # a_j = I_j^T Phi
+                    s = stats[e, step.inputs]
                     s[:, 0] += (a * a).sum(1)
                     s[:, 1] += (a * diff).sum(1)
                     s[:, 2] += (diff * diff).sum(1)
@@ -358,7 +273,7 @@ class MaxSensitivity:
         norm: ``"fro"`` (= L2 of the flattened map, default), ``"inf"`` or ``1``.
         relative: divide by ``||Phi(x)||`` (default, as the paper); ``False``: absolute change.
         perturbation: the sampler of ``y = x~`` (default ``UniformNoise(radius)``, the L-inf
-            ball); any :class:`~evax.metrics.perturbations.Perturbation` can replace it.
+            ball); any :class:`~evax.core.noise.NoiseDistribution` can replace it.
         model: the model (to resolve ``target=None``) when the explainer does not expose it.
         batch_size: inputs per explainer call.
         seed: seed of the generator created on every call.
@@ -376,7 +291,7 @@ class MaxSensitivity:
         n_samples: int = 50,
         norm: str | float = "fro",
         relative: bool = True,
-        perturbation: Perturbation | None = None,
+        perturbation: NoiseDistribution | None = None,
         model: nn.Module | None = None,
         batch_size: int = 256,
         seed: int = 0,
@@ -387,18 +302,21 @@ class MaxSensitivity:
                 f"explainer must have .attribute(inputs, target) or be a callable, got {type(explainer).__name__}"
             )
         self.explainer = explainer
-        self.radius = _positive_float(radius, "radius")
-        self.n_samples = _positive_int(n_samples, "n_samples", minimum=2)
+        self.radius = check_positive_float(radius, "radius")
+        self.n_samples = check_positive_int(n_samples, "n_samples", minimum=2)
         if norm not in _NORMS:
             raise InvalidInputError(f"unknown norm {norm!r}: use 'fro' (L2), 'inf' or 1")
         self.ord = _NORMS[norm]
         self.relative = bool(relative)
-        if perturbation is not None and not isinstance(perturbation, Perturbation):
-            raise InvalidInputError(f"perturbation must be a Perturbation, got {type(perturbation).__name__}")
+        if perturbation is not None and not isinstance(perturbation, NoiseDistribution):
+            raise InvalidInputError(
+                f"perturbation must be a noise distribution (evax.metrics.UniformNoise...), "
+                f"got {type(perturbation).__name__}"
+            )
         self.perturbation = perturbation if perturbation is not None else UniformNoise(self.radius)
         self.model = model if model is not None else find_model(explainer)
-        self.batch_size = _positive_int(batch_size, "batch_size")
-        make_generator(seed, torch.device("cpu"))
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        check_seed(seed)
         self.seed = seed
         self.progress = progress
 
@@ -418,10 +336,10 @@ class MaxSensitivity:
         explanations: torch.Tensor | None = None,
         detailed: bool = False,
     ) -> Any:
-        _check_tensor(inputs)
+        check_tensor(inputs)
         x = inputs.detach()
         n_in = x.shape[0]
-        targets = resolve_targets(self.model, x, target)
+        targets = resolve_target(self.model, x, target)
         base = explanations if explanations is not None else self._explain(x, targets)
         if not isinstance(base, torch.Tensor) or base.shape[0] != n_in:
             raise InvalidInputError(
@@ -434,17 +352,15 @@ class MaxSensitivity:
         denom = self._norm(base) if self.relative else torch.ones(n_in, dtype=torch.float64, device=x.device)
         denom = torch.where(denom == 0, torch.ones_like(denom), denom)
         n = self.n_samples
-        per_block, per_chunk = _blocks(n_in, n, self.batch_size)
-        gen = None
+        per_block, per_chunk = blocks(n_in, n, self.batch_size)
+        draws = Draws(self.perturbation, self.seed)  # the same draws for every block of inputs
         best = torch.full((n_in,), -math.inf, dtype=torch.float64, device=x.device)
         arg = torch.zeros(n_in, dtype=torch.long, device=x.device)
-        steps = [(i, j) for i in range(0, n_in, per_block) for j in range(0, n, per_chunk)]
-        for i, j in progress_bar(steps, self.progress, total=len(steps), desc="max-sensitivity"):
-            xb = x[i : i + per_block]
-            b, k = xb.shape[0], min(per_chunk, n - j)
-            if j == 0 and not self.perturbation.exhaustive:
-                gen = make_generator(self.seed, x.device)  # the same draws for every block
-            _, y = self.perturbation.sample(xb, k, gen, offset=j, shared=True)
+        plan = steps(n_in, n, per_block, per_chunk)
+        for step in progress_bar(plan, self.progress, total=len(plan), desc="max-sensitivity"):
+            xb, k, i, j = x[step.inputs], step.count, step.start, step.offset
+            b = xb.shape[0]
+            _, y = draws.sample(xb, j, k, n)
             ey = self._explain(y.reshape(b * k, *x.shape[1:]), targets[i : i + b].repeat_interleave(k))
             if not torch.isfinite(ey).all():
                 raise InvalidInputError("the explainer returned NaN or inf on a perturbed input")

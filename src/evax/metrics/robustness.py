@@ -7,7 +7,7 @@ adversarial example that moves only ``u_j`` is estimated:
     eps*_{u_j}(x) = min ||delta||_2  s.t.  argmax f(x + delta) != c,  delta_{not u_j} = 0
 
 (masked PGD on the logit margin inside a bracketing + bisection search over the radius, see
-:mod:`evax.metrics.attacks`). The score is the area under the curve ``(k_j / V, eps*_{u_j})``
+:mod:`evax.core.attacks`). The score is the area under the curve ``(k_j / V, eps*_{u_j})``
 by the trapezoid rule over the fractions -- a good explanation ranks first the variables that
 let the closest adversarial example be reached, so its curve is low.
 
@@ -16,7 +16,7 @@ Defaults follow DESIGN.md / the paper: ``k_j`` in steps of 5 % of the variables
 the explanation), PGD with 100 steps (a radius's attack stops early once its margin has not
 improved for 10 steps), domain ``[0, 1]``, search from radius 10 with tolerance 1e-3. The step length is relative to the radius (``step_size * r``, default 0.1 r).
 
-**Cap policy** (see :mod:`evax.metrics.attacks`): where the attack fails even at the top of the
+**Cap policy** (see :mod:`evax.core.attacks`): where the attack fails even at the top of the
 range -- the radius of the ball that covers the whole domain box of the free variables, or
 ``max_radius`` -- the distance is that top radius and ``detailed["capped"]`` says so; a warning
 counts them. Nothing is returned as ``inf``.
@@ -34,11 +34,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from evax._modes import eval_mode
-from evax.attribution._groups import GroupsLike, flatten_inputs
-from evax.attribution.base import TargetLike
+from evax.core.attacks import minimal_l2_distance
+from evax.core.modes import eval_mode
+from evax.core.targets import TargetLike
+from evax.core.variables import GroupsLike, flatten_inputs
 from evax.errors import InvalidInputError
-from evax.metrics.attacks import minimal_l2_distance
 from evax.metrics.base import Explainer, Metric, trapezoid_auc
 
 
@@ -57,7 +57,7 @@ class RobustnessSr(Metric):
         restarts: PGD starts per radius (the first warm-started from the best example so far,
             the others uniform in the ball).
         start, tol, max_radius, max_iter, rtol: the radius search (see
-            :mod:`evax.metrics.attacks`); ``patience``: PGD gives up on a problem whose margin
+            :mod:`evax.core.attacks`); ``patience``: PGD gives up on a problem whose margin
             stalls for that many steps (default 10, as Greedy-AS; ``None``: never). Measured
             against ``None`` (``benchmarks/metrics.py`` setting, Saliency, 12x12 cells): AUCs
             within 0.1 % on MNIST and CIFAR-10, 1.8x / 1.4x faster.

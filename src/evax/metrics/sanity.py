@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from evax._modes import eval_mode
-from evax.attribution.base import TargetLike, resolve_target
+from evax.core.checks import check_tensor
+from evax.core.explainers import call_explainer
+from evax.core.modes import eval_mode
+from evax.core.random import check_seed, generator
+from evax.core.targets import TargetLike, resolve_target
 from evax.errors import InvalidInputError
-from evax.metrics.infidelity import call_explainer
-from evax.metrics.perturbations import _check_tensor, make_generator
 
 __all__ = ["RandomizationSanity", "SanityResult", "spearman"]
 
@@ -97,7 +98,7 @@ class RandomizationSanity:
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"model must be an nn.Module, got {type(model).__name__}")
         self.model = model
-        make_generator(seed, torch.device("cpu"))
+        check_seed(seed)
         self.seed = seed
         self.layers = self._resolve_layers(layer)
 
@@ -148,7 +149,7 @@ class RandomizationSanity:
 
     def check(self, explainer: Any, inputs: torch.Tensor, target: TargetLike = None) -> SanityResult:
         """Explain ``inputs`` with the original and the randomised model; see the class doc."""
-        _check_tensor(inputs)
+        check_tensor(inputs)
         x = inputs.detach()
         with eval_mode(self.model):
             targets = resolve_target(self.model, x, target)
@@ -159,7 +160,7 @@ class RandomizationSanity:
             for pname, p in module.named_parameters(recurse=False)
         }
         try:
-            self._randomize(make_generator(self.seed, torch.device("cpu")))
+            self._randomize(generator(self.seed))
             with eval_mode(self.model):
                 randomized = call_explainer(explainer, x, targets)
         finally:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from evax.core.baselines import BaselineLike
 from evax.errors import InvalidInputError
-from evax.metrics.base import BaselineLike
 from evax.metrics.fidelity import Deletion, Insertion
 
 

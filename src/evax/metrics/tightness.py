@@ -6,7 +6,7 @@ bound of its adversarial overlap (Eq. 1)::
 
     AO_bar(x, B) = max_{c' != c} upper(f_c' - f_c over B)
 
-computed on the margins through EVA's specification matrix (:func:`evax.attribution.eva.
+computed on the margins through EVA's specification matrix (:func:`evax.core.specs.
 margin_spec`), exactly the first box of :class:`evax.EVA`. The true ``AO(x, B)`` is the same
 for every method, so a lower mean ``E_x AO_bar(x, B)`` means a tighter method (Table 2:
 IBP 4.58, Forward 2.66, Backward 2.36, IBP+Forward+Backward 1.55 on the paper's MNIST net).
@@ -27,12 +27,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from evax._modes import eval_mode
-from evax.attribution.base import TargetLike, check_inputs, resolve_target
-from evax.attribution.eva import EVA, margin_spec
 from evax.bounds.api import DEFAULT_METHOD, bound
+from evax.core.checks import check_inputs
+from evax.core.modes import eval_mode
+from evax.core.specs import margin_spec
+from evax.core.targets import TargetLike, resolve_target
 from evax.errors import InvalidInputError
 from evax.perturbation import Ball
+
+_BALL_ATTRIBUTES = ("eps", "p", "domain", "method", "certify")
 
 
 class Tightness:
@@ -62,8 +65,8 @@ class Tightness:
         self.inputs = inputs.detach().clone()
         Ball(self.inputs, eps, p, domain=domain)  # validate the ball now, with a clear error
         self.model = model
+        self.targets = resolve_target(model, self.inputs, targets)
         with eval_mode(model):
-            self.targets = resolve_target(model, self.inputs, targets)
             with torch.no_grad():
                 self.n_out = model(self.inputs[:1]).shape[1]
         if self.n_out < 2:
@@ -71,13 +74,16 @@ class Tightness:
         self.eps, self.p, self.domain = eps, p, domain
         self.batch_size, self.certify = batch_size, certify
 
-    def __call__(self, method: str | EVA = DEFAULT_METHOD, detailed: bool = False) -> Any:
-        """``AO_bar(x, B)`` per sample ``(N,)`` for ``method`` (a bound method name or an EVA)."""
-        if isinstance(method, EVA):
+    def __call__(self, method: Any = DEFAULT_METHOD, detailed: bool = False) -> Any:
+        """``AO_bar(x, B)`` per sample ``(N,)`` for ``method``: a bound method name, or an
+        explainer configured with a ball -- any object with ``eps``, ``p``, ``domain``,
+        ``method`` and ``certify`` attributes, such as :class:`evax.EVA` (duck-typed, so the
+        metrics do not depend on :mod:`evax.attribution`)."""
+        if isinstance(method, str):
+            eps, p, domain, name, certify = self.eps, self.p, self.domain, method, self.certify
+        elif all(hasattr(method, a) for a in _BALL_ATTRIBUTES) and isinstance(method.method, str):
             eps, p, domain, name = method.eps, method.p, method.domain, method.method
             certify = method.certify
-        elif isinstance(method, str):
-            eps, p, domain, name, certify = self.eps, self.p, self.domain, method, self.certify
         else:
             raise InvalidInputError(
                 f"Tightness is called with a bound method name or an evax.EVA, got {type(method).__name__}"

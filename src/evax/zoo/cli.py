@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from evax import _cli
+from evax.core import cli_support as _cli
 from evax.errors import InvalidInputError
 from evax.zoo.datasets import DATASETS, load_dataset
 from evax.zoo.fetch import cache_dir

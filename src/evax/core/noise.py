@@ -1,6 +1,8 @@
-"""Perturbation distributions ``mu_I`` of the infidelity measure (Yeh et al. 2019, Def. 2.1).
+"""Noise distributions ``mu_I`` of the infidelity measure (Yeh et al. 2019, Def. 2.1).
 
-A perturbation is a small object that samples, for inputs ``x`` of shape ``(N, *S)``, ``n``
+Not to be confused with the perturbation *sets* of :mod:`evax.perturbation` (``Ball``,
+``Box``: the regions a verified bound holds on): these are *distributions* the metrics (and
+the infidelity-optimal explanations) sample from. A noise distribution is a small object that samples, for inputs ``x`` of shape ``(N, *S)``, ``n``
 pairs ``(I, x~)`` per input with a caller-supplied ``torch.Generator``:
 
 * ``I`` -- what an explanation ``Phi`` is dotted with in ``I^T Phi`` (Eq. 1), shape
@@ -46,7 +48,6 @@ Nothing here touches torch's global RNG; every draw uses the generator passed do
 from __future__ import annotations
 
 import math
-import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -54,16 +55,17 @@ from typing import Any
 import torch
 
 from evax import groups as groups_mod
-from evax._progress import progress_bar  # noqa: F401 - re-exported for the metrics
+from evax.core.baselines import check_baseline, make_baseline
+from evax.core.checks import check_clip, check_positive_float, check_positive_int, check_tensor
 from evax.errors import InvalidInputError
 
-BaselineSpec = float | int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+BaselineSpec = str | float | int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
 __all__ = [
     "DifferenceToBaseline",
     "GaussianNoise",
+    "NoiseDistribution",
     "NoisyBaseline",
-    "Perturbation",
     "ShapleyKernel",
     "SquareRemoval",
     "SubsetRemoval",
@@ -71,109 +73,10 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------- small helpers
-# (shared by evax.metrics.infidelity, evax.metrics.sanity, evax.attribution.optimal/smoothing)
-
-
-def _check_tensor(inputs: Any, what: str = "inputs") -> None:
-    if not isinstance(inputs, torch.Tensor):
-        raise InvalidInputError(f"{what} must be a torch.Tensor, got {type(inputs).__name__}")
-    if inputs.ndim < 2:
-        raise InvalidInputError(f"{what} need a batch dimension (N, ...), got {tuple(inputs.shape)}")
-    if not inputs.is_floating_point():
-        raise InvalidInputError(f"{what} must be a floating-point tensor, got {inputs.dtype}")
-    if not torch.isfinite(inputs).all():
-        raise InvalidInputError(f"{what} contain NaN or inf")
-
-
-def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidInputError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _positive_float(value: Any, name: str, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise InvalidInputError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
-
-
-def _check_clip(clip: Any) -> tuple[float, float] | None:
-    if clip is None:
-        return None
-    try:
-        lo, hi = (float(c) for c in clip)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"clip must be None or a pair (lo, hi), got {clip!r}") from exc
-    if not lo < hi:
-        raise InvalidInputError(f"clip must satisfy lo < hi, got {clip!r}")
-    return lo, hi
-
-
-def make_baseline(baseline: BaselineSpec, inputs: torch.Tensor) -> torch.Tensor:
-    """The baseline ``x0`` with the shape of ``inputs`` ``(N, *S)``: a number, a tensor
-    broadcastable to the inputs (``(*S)`` or ``(N, *S)``), or a callable ``inputs -> tensor``."""
-    if isinstance(baseline, bool):
-        raise InvalidInputError("baseline must be a number, a tensor or a callable, got a bool")
-    if isinstance(baseline, (int, float)):
-        x0 = torch.full_like(inputs, float(baseline))
-    elif isinstance(baseline, torch.Tensor) or callable(baseline):
-        x0 = baseline if isinstance(baseline, torch.Tensor) else baseline(inputs)
-        if not isinstance(x0, torch.Tensor):
-            raise InvalidInputError(f"the baseline callable must return a tensor, got {type(x0).__name__}")
-        try:
-            x0 = torch.broadcast_to(x0.to(inputs.device, inputs.dtype), inputs.shape)
-        except RuntimeError as exc:
-            raise InvalidInputError(
-                f"baseline of shape {tuple(x0.shape)} does not broadcast to the inputs {tuple(inputs.shape)}"
-            ) from exc
-    else:
-        raise InvalidInputError(
-            f"baseline must be a number, a tensor or a callable, got {type(baseline).__name__}"
-        )
-    if not torch.isfinite(x0).all():
-        raise InvalidInputError("the baseline contains NaN or inf")
-    return x0
-
-
-def _check_baseline_spec(baseline: Any) -> BaselineSpec:
-    """Early type check of a baseline specification (shapes are checked against the inputs)."""
-    if (
-        isinstance(baseline, bool)
-        or not isinstance(baseline, (int, float, torch.Tensor))
-        and not callable(baseline)
-    ):
-        raise InvalidInputError(
-            f"baseline must be a number, a tensor or a callable, got {type(baseline).__name__}"
-        )
-    if isinstance(baseline, (int, float)) and not math.isfinite(baseline):
-        raise InvalidInputError(f"baseline must be finite, got {baseline!r}")
-    return baseline
-
-
-def make_generator(seed: int, device: torch.device) -> torch.Generator:
-    """A fresh ``torch.Generator`` on ``device`` seeded with ``seed`` (nothing global)."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InvalidInputError(f"seed must be an int, got {seed!r}")
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-def derived_generator(seed: int, stream: str, device: torch.device) -> torch.Generator:
-    """A generator for the named random ``stream`` of ``seed`` (``"optimal"``, ``"smoothing"``):
-    an explanation and the metric that scores it, built with the same ``seed``, then never share
-    their draws (an optimal explanation scored on its own perturbations would look better than
-    it is). The metrics use ``torch.Generator().manual_seed(seed)`` itself."""
-    make_generator(seed, device)  # validates the seed
-    salt = zlib.crc32(stream.encode())
-    return torch.Generator(device=device).manual_seed((seed * 0x9E3779B1 + salt) % 2**63)
-
-
 # --------------------------------------------------------------------------- base class
 
 
-class Perturbation(ABC):
+class NoiseDistribution(ABC):
     """A distribution ``mu_I`` of perturbations (Def. 2.1). See the module docstring.
 
     Subclasses implement :meth:`_sample`; :meth:`sample` validates its arguments and results.
@@ -223,8 +126,8 @@ class Perturbation(ABC):
         Returns:
             ``(I, x~)`` of shapes ``(N, n, *S_I)`` and ``(N, n, *S)``.
         """
-        _check_tensor(inputs)
-        _positive_int(n, "n")
+        check_tensor(inputs)
+        check_positive_int(n, "n")
         if self.exhaustive:
             total = self.size(inputs)
             assert total is not None
@@ -274,7 +177,7 @@ def _clip_pair(
 # --------------------------------------------------------------------------- additive noise
 
 
-class GaussianNoise(Perturbation):
+class GaussianNoise(NoiseDistribution):
     """``I ~ N(0, sigma^2 Id)``, ``x~ = x - I`` (Prop. 2.3 with ``sigma -> 0`` gives the gradient).
 
     Args:
@@ -285,8 +188,8 @@ class GaussianNoise(Perturbation):
     name = "GaussianNoise"
 
     def __init__(self, sigma: float = 0.2, clip: tuple[float, float] | None = None) -> None:
-        self.sigma = _positive_float(sigma, "sigma")
-        self.clip = _check_clip(clip)
+        self.sigma = check_positive_float(sigma, "sigma")
+        self.clip = check_clip(clip)
 
     def _repr_fields(self) -> dict[str, Any]:
         return {"sigma": self.sigma, "clip": self.clip}
@@ -299,7 +202,7 @@ class GaussianNoise(Perturbation):
         return _clip_pair(inputs, inputs.unsqueeze(1) - eps, self.clip)
 
 
-class UniformNoise(Perturbation):
+class UniformNoise(NoiseDistribution):
     """``I ~ U[-radius, radius]^d`` (uniform in the L-inf ball), ``x~ = x - I``.
 
     The sampler of :class:`~evax.metrics.MaxSensitivity` (Def. 3.1, Monte Carlo in the ball,
@@ -309,8 +212,8 @@ class UniformNoise(Perturbation):
     name = "UniformNoise"
 
     def __init__(self, radius: float = 0.2, clip: tuple[float, float] | None = None) -> None:
-        self.radius = _positive_float(radius, "radius")
-        self.clip = _check_clip(clip)
+        self.radius = check_positive_float(radius, "radius")
+        self.clip = check_clip(clip)
 
     def _repr_fields(self) -> dict[str, Any]:
         return {"radius": self.radius, "clip": self.clip}
@@ -324,7 +227,7 @@ class UniformNoise(Perturbation):
         return _clip_pair(inputs, inputs.unsqueeze(1) - eps, self.clip)
 
 
-class NoisyBaseline(Perturbation):
+class NoisyBaseline(NoiseDistribution):
     """Difference to a noisy baseline (Sec. 2.1 and 2.4): ``I = x - (x0 + eps)``,
     ``eps ~ N(0, sigma^2 Id)``, ``x~ = x0 + eps``.
 
@@ -342,9 +245,9 @@ class NoisyBaseline(Perturbation):
     def __init__(
         self, sigma: float = 0.2, baseline: BaselineSpec = 0.0, clip: tuple[float, float] | None = None
     ) -> None:
-        self.sigma = _positive_float(sigma, "sigma")
-        self.baseline = _check_baseline_spec(baseline)
-        self.clip = _check_clip(clip)
+        self.sigma = check_positive_float(sigma, "sigma")
+        self.baseline = check_baseline(baseline, random=False)
+        self.clip = check_clip(clip)
 
     def _repr_fields(self) -> dict[str, Any]:
         return {"sigma": self.sigma, "baseline": self.baseline, "clip": self.clip}
@@ -362,14 +265,14 @@ class NoisyBaseline(Perturbation):
 # --------------------------------------------------------------------------- removals
 
 
-class _Removal(Perturbation):
+class _Removal(NoiseDistribution):
     """Common part of the removal perturbations: ``x~ = where(m, x0, x)`` and ``I`` = ``m`` or
     ``m (x - x0)`` (see the module docstring)."""
 
     def __init__(self, baseline: BaselineSpec, indicator: bool) -> None:
         if not isinstance(indicator, bool):
             raise InvalidInputError(f"indicator must be a bool, got {indicator!r}")
-        self.baseline = _check_baseline_spec(baseline)
+        self.baseline = check_baseline(baseline, random=False)
         self.indicator = indicator
 
     def baseline_of(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -465,7 +368,7 @@ class SquareRemoval(_Removal):
         if not sizes:
             raise InvalidInputError("sizes must contain at least one square side")
         for s in sizes:
-            _positive_int(s, "every square side")
+            check_positive_int(s, "every square side")
         self.sizes = sizes
         self.exhaustive = bool(exhaustive)
         self._tables: dict[tuple[int, int], torch.Tensor] = {}
@@ -552,7 +455,7 @@ class SubsetRemoval(_Removal):
         super().__init__(baseline, indicator)
         if distribution not in ("shapley", "bernoulli"):
             raise InvalidInputError(f"unknown distribution {distribution!r}: use 'shapley' or 'bernoulli'")
-        p = _positive_float(p, "p")
+        p = check_positive_float(p, "p")
         if not 0 < p < 1:
             raise InvalidInputError(f"p must be in (0, 1), got {p!r}")
         self.distribution, self.p, self.groups = distribution, p, groups

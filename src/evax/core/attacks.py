@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from evax.attribution._groups import progress_bar
+from evax.core.progress import progress_bar
 from evax.errors import InvalidInputError
 
 
@@ -173,8 +173,11 @@ class DistanceSearch:
     iterations: int
 
 
-def box_radius(x: torch.Tensor, free: torch.Tensor, domain: tuple[float, float]) -> torch.Tensor:
-    """``||max(x - lo, hi - x)_free||_2`` per row: the farthest point of the box from ``x``."""
+def farthest_point_distance(x: torch.Tensor, free: torch.Tensor, domain: tuple[float, float]) -> torch.Tensor:
+    """The L2 distance from ``x`` to the farthest point of its domain box when only the ``free``
+    entries move: ``||max(x - lo, hi - x) * free||_2`` per row, ``(M, ...) -> (M,)``.
+
+    (Not :meth:`evax.perturbation.Box.box_radius`, which is the box's per-entry half-widths.)"""
     far = torch.maximum(x - domain[0], domain[1] - x) * free
     return _norms(far)
 
@@ -221,7 +224,7 @@ def minimal_l2_distance(
     dev, dt = x.device, x.dtype
     free = free.expand(m, *free.shape[1:]) if free.shape[0] == 1 else free
     if domain is not None:
-        cap = box_radius(x, free, domain)
+        cap = farthest_point_distance(x, free, domain)
         if max_radius is not None:
             cap = cap.clamp(max=float(max_radius))
     else:

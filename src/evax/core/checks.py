@@ -1,4 +1,4 @@
-"""Shared argument checks (core layer: imports nothing from evax but the errors).
+"""Shared argument checks (the core layer: imports nothing from evax but the errors).
 
 Every public entry point validates its arguments here, so one bad input gets the same clear
 :class:`~evax.errors.InvalidInputError` wherever it is passed:
@@ -8,6 +8,9 @@ Every public entry point validates its arguments here, so one bad input gets the
   floating tensors are refused instead of being truncated.
 * :func:`check_int` / :func:`check_number`: Python numbers, ``True``/``False`` refused (``bool``
   is a subclass of ``int`` in Python, so ``batch_size=True`` would otherwise mean 1).
+* :func:`check_tensor`, :func:`check_positive_int`, :func:`check_positive_float`,
+  :func:`check_clip`: the lighter checks of the noise distributions and the metrics built on
+  them (a batch of any size, a Python ``int``, a finite non-negative number, a domain pair).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -91,3 +95,44 @@ def as_class_index(
     if t.ndim != 1 or t.shape[0] != n:
         raise InvalidInputError(f"{name} must be an int or have shape ({n},), got {tuple(t.shape)}")
     return t
+
+
+def check_tensor(inputs: Any, what: str = "inputs") -> None:
+    """A floating-point tensor ``(N, ...)`` with finite values (``N = 0`` allowed)."""
+    if not isinstance(inputs, torch.Tensor):
+        raise InvalidInputError(f"{what} must be a torch.Tensor, got {type(inputs).__name__}")
+    if inputs.ndim < 2:
+        raise InvalidInputError(f"{what} need a batch dimension (N, ...), got {tuple(inputs.shape)}")
+    if not inputs.is_floating_point():
+        raise InvalidInputError(f"{what} must be a floating-point tensor, got {inputs.dtype}")
+    if not torch.isfinite(inputs).all():
+        raise InvalidInputError(f"{what} contain NaN or inf")
+
+
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` if it is a Python ``int`` (not ``bool``) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInputError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def check_positive_float(value: Any, name: str, allow_zero: bool = False) -> float:
+    """``value`` as a ``float``: a finite number ``> 0`` (``>= 0`` with ``allow_zero``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise InvalidInputError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+def check_clip(clip: Any) -> tuple[float, float] | None:
+    """``None`` or a domain ``(lo, hi)`` with ``lo < hi``, as floats."""
+    if clip is None:
+        return None
+    try:
+        lo, hi = (float(c) for c in clip)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"clip must be None or a pair (lo, hi), got {clip!r}") from exc
+    if not lo < hi:
+        raise InvalidInputError(f"clip must satisfy lo < hi, got {clip!r}")
+    return lo, hi

@@ -1,5 +1,5 @@
-"""Variables of an input (pixels, features or groups) and small helpers shared by the
-attribution methods and the metrics.
+"""Variables of an input (pixels, features or groups), shared by the attribution methods and
+the metrics.
 
 A metric or a method such as Greedy-AS reasons about *variables* ``u``: the things it ranks,
 removes or frees. Inputs are flattened to ``(N, C, P)`` (``P = H * W`` pixels for images
@@ -23,11 +23,26 @@ from collections.abc import Callable
 import torch
 
 from evax import groups as groups_mod
-from evax._progress import progress_bar  # noqa: F401 - re-exported for the methods
-from evax.attribution.base import reduce_channels
 from evax.errors import InvalidInputError
 
 GroupsLike = Callable[[torch.Tensor], torch.Tensor] | torch.Tensor | None
+
+__all__ = ["GroupsLike", "Variables", "flatten_inputs", "reduce_channels"]
+
+
+def reduce_channels(attr: torch.Tensor, how: str = "sum") -> torch.Tensor:
+    """(N, C, H, W) -> (N, H, W) by summing (``"sum"``), summing absolute values (``"abs"``) or
+    taking the max absolute value (``"max_abs"``) over channels; other shapes are returned as is.
+    """
+    if attr.ndim != 4:
+        return attr
+    if how == "sum":
+        return attr.sum(dim=1)
+    if how == "abs":
+        return attr.abs().sum(dim=1)
+    if how == "max_abs":
+        return attr.abs().amax(dim=1)
+    raise InvalidInputError(f"unknown channel reduction {how!r}: use 'sum', 'abs' or 'max_abs'")
 
 
 def _flat_masks(groups: GroupsLike, inputs: torch.Tensor, allow_overlap: bool) -> torch.Tensor:
@@ -213,29 +228,3 @@ def flatten_inputs(inputs: torch.Tensor) -> torch.Tensor:
     """``(N, C, H, W) -> (N, C, H*W)``, ``(N, D) -> (N, 1, D)``."""
     return inputs.flatten(2) if inputs.ndim == 4 else inputs.unsqueeze(1)
 
-
-def score_function(activation: str | None | Callable[[torch.Tensor], torch.Tensor]) -> Callable:
-    """``logits (M, K), target (M,) -> (M,)`` the score of the explained class.
-
-    ``"softmax"`` (the EVA paper, App. F: the probability after the softmax), ``"sigmoid"``,
-    ``None`` (the raw logit) or a callable ``logits -> scores (M, K)``.
-    """
-    if activation == "softmax":
-        act: Callable[[torch.Tensor], torch.Tensor] = lambda z: torch.softmax(z, dim=1)  # noqa: E731
-    elif activation == "sigmoid":
-        act = torch.sigmoid
-    elif activation is None:
-        act = lambda z: z  # noqa: E731
-    elif callable(activation):
-        act = activation
-    else:
-        raise InvalidInputError(
-            f"activation must be 'softmax', 'sigmoid', None or a callable, got {activation!r}"
-        )
-
-    def score(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if logits.ndim != 2:
-            raise InvalidInputError(f"the model must return logits (N, K), got {tuple(logits.shape)}")
-        return act(logits).gather(1, target.view(-1, 1)).squeeze(1)
-
-    return score
