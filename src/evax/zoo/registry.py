@@ -171,6 +171,15 @@ MODELS: dict[str, ModelSpec] = {
             certified=CertifiedInfo("ibp", 0.1, 0.11, 8, "crown-ibp", 0.9258, 0.95, 0.95, 240.0),
         ),
         ModelSpec(
+            "fashion-mlp-cert0.1", (1, 28, 28), 10, "fashion-mnist", "fashion-mnist", 0.7998,
+            10000, "shipped in evax (python -m evax.zoo.train fashion-mlp-cert0.1)", "MIT (evax)",
+            "dense 784-256-128-64-32-10 net, CROWN-IBP certified training at L-inf eps 0.1",
+            lambda: models.dense_mlp(mean=models.FASHION_MEAN, std=models.FASHION_STD),
+            _shipped("fashion_mlp_cert0.1.pt"),
+            certified=CertifiedInfo("crown-ibp", 0.1, 0.11, 8, "crown-ibp", 0.6261, 0.90, 0.60,
+                                    238.0),
+        ),
+        ModelSpec(
             "mnist-lenet5", (1, 28, 28), 10, "mnist", "mnist", 0.9889, 10000,
             "PyPI advertorch 0.2.3 sdist", "LGPL-3.0",
             "advertorch's LeNet5 (2 conv + 2 dense), clean training",
