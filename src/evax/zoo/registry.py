@@ -171,6 +171,21 @@ MODELS: dict[str, ModelSpec] = {
             certified=CertifiedInfo("ibp", 0.1, 0.11, 8, "crown-ibp", 0.9258, 0.95, 0.95, 240.0),
         ),
         ModelSpec(
+            "mnist-mlp-cert0.3", (1, 28, 28), 10, "mnist", "mnist", 0.8527, 10000,
+            "shipped in evax (python -m evax.zoo.train mnist-mlp-cert0.3)", "MIT (evax)",
+            "EVA paper's dense net, CROWN-IBP certified training at L-inf eps 0.3",
+            lambda: models.dense_mlp(), _shipped("mnist_mlp_cert0.3.pt"),
+            certified=CertifiedInfo("crown-ibp", 0.3, 0.33, 10, "crown-ibp", 0.4964, 0.90, 0.65,
+                                    271.0),
+        ),
+        ModelSpec(
+            "mnist-cnn-cert0.3", (1, 28, 28), 10, "mnist", "mnist", 0.9497, 10000,
+            "shipped in evax (python -m evax.zoo.train mnist-cnn-cert0.3)", "MIT (evax)",
+            "small CNN (2 conv + 2 dense), IBP certified training at L-inf eps 0.3",
+            lambda: models.small_cnn(), _shipped("mnist_cnn_cert0.3.pt"),
+            certified=CertifiedInfo("ibp", 0.3, 0.33, 10, "crown-ibp", 0.8018, 1.0, 0.90, 299.0),
+        ),
+        ModelSpec(
             "fashion-mlp-cert0.1", (1, 28, 28), 10, "fashion-mnist", "fashion-mnist", 0.7998,
             10000, "shipped in evax (python -m evax.zoo.train fashion-mlp-cert0.1)", "MIT (evax)",
             "dense 784-256-128-64-32-10 net, CROWN-IBP certified training at L-inf eps 0.1",

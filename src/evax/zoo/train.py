@@ -74,6 +74,9 @@ class Recipe:
 _CROWN_IBP_01 = CertifiedSchedule(eps=0.1, warmup=1, ramp=4, eps_train_factor=1.1)
 _IBP_01 = CertifiedSchedule(eps=0.1, warmup=1, ramp=4, beta_start=0.0, beta_end=0.0,
                             eps_train_factor=1.1)
+_CROWN_IBP_03 = CertifiedSchedule(eps=0.3, warmup=1, ramp=6, eps_train_factor=1.1)
+_IBP_03 = CertifiedSchedule(eps=0.3, warmup=1, ramp=6, beta_start=0.0, beta_end=0.0,
+                            eps_train_factor=1.1)
 
 RECIPES = {
     "mnist-mlp": Recipe("mnist", MNIST_MEAN, MNIST_STD, "mnist_mlp.pt"),
@@ -82,6 +85,10 @@ RECIPES = {
                                 epochs=8, certified=_CROWN_IBP_01),
     "mnist-cnn-cert0.1": Recipe("mnist", MNIST_MEAN, MNIST_STD, "mnist_cnn_cert0.1.pt",
                                 epochs=8, arch="cnn", certified=_IBP_01),
+    "mnist-mlp-cert0.3": Recipe("mnist", MNIST_MEAN, MNIST_STD, "mnist_mlp_cert0.3.pt",
+                                epochs=10, certified=_CROWN_IBP_03),
+    "mnist-cnn-cert0.3": Recipe("mnist", MNIST_MEAN, MNIST_STD, "mnist_cnn_cert0.3.pt",
+                                epochs=10, arch="cnn", certified=_IBP_03),
     "fashion-mlp-cert0.1": Recipe("fashion-mnist", FASHION_MEAN, FASHION_STD,
                                   "fashion_mlp_cert0.1.pt", epochs=8, certified=_CROWN_IBP_01),
 }
