@@ -11,6 +11,8 @@ where the lower bounds of the margins ``f_y - f_j`` over the ball come from
 ``evax.bound(..., differentiable=True)`` -- the engine that verifies the trained model, so
 training and verification are one code path. ``z_worst`` is the worst case logit vector the
 bounds allow; its cross-entropy upper-bounds the worst-case cross-entropy over the ball.
+evax's ``crown-ibp`` is CROWN-IBP's bound intersected with IBP's at the output (never looser
+than either), so the mix differs from Zhang et al.'s only where IBP is the tighter one.
 
 Schedule (per optimisation step, as both papers): ``warmup`` epochs at ``eps = 0`` (clean
 training, ``kappa = 1``), then ``ramp`` epochs where ``eps`` grows linearly from 0 to its
