@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from evax.bounds.differentiable import check_differentiable, grad_mode
 from evax.bounds.graph import Graph, build_graph, check_against_model
 from evax.bounds.propagate import (
     AlphaOptions,
@@ -180,6 +181,7 @@ def bound(
     alpha_lr: float = 0.5,
     alpha_intermediate: bool = False,
     side: str = "both",
+    differentiable: bool = False,
 ) -> Bounds:
     """Guaranteed bounds of ``spec @ model(x)`` for every ``x`` in ``ball``.
 
@@ -222,6 +224,10 @@ def bound(
             backward pass then bounds only its rows (half the work of CROWN-IBP's main pass),
             and the other side comes back as ``-inf`` / ``+inf``. Intermediate bounds are
             unchanged, so the side computed is the same as with ``"both"``.
+        differentiable: the bounds are a differentiable function of the model's live
+            parameters (for certified training: ``loss.backward()`` reaches
+            ``model.parameters()``); same values. Methods ``ibp`` and ``crown-ibp`` only
+            (:mod:`evax.bounds.differentiable`).
 
     Returns:
         :class:`Bounds` with ``lower``/``upper`` of shape ``(N, K)`` (``K = n_out`` without
@@ -239,6 +245,7 @@ def bound(
     alpha = _alpha_options(alpha_iterations, alpha_lr, alpha_intermediate)
     if side not in ("both", "upper", "lower"):
         raise InvalidInputError(f"side must be 'both', 'upper' or 'lower', got {side!r}")
+    check_differentiable(method, differentiable)
 
     declared = getattr(model, "input_shape", None)  # set by evax.zoo.from_onnx and its wrappers
     if isinstance(declared, tuple) and all(isinstance(d, int) for d in declared) and declared != ball.shape:
@@ -250,7 +257,7 @@ def bound(
     device = _model_device(model, ball.center.device)
     dtype = torch.float64 if certify else _model_dtype(model)
     with eval_mode(model):
-        with torch.no_grad():
+        with grad_mode(differentiable):
             graph = get_graph(model, ball.shape, device, dtype)
             n = ball.batch_size
             spec_t = _check_spec(spec, n, graph.output_size, device, dtype)

@@ -27,6 +27,7 @@ from torch import nn
 
 from evax.bounds.ops import load_all
 from evax.bounds.ops.base import Op
+from evax.bounds.ops.constants import parameters_live
 from evax.bounds.ops.registry import Call, bind_call, lookup, supported_layers, supported_summary
 from evax.errors import InvalidInputError, UnsupportedLayerError
 
@@ -179,8 +180,8 @@ def build_graph(model: nn.Module, example: torch.Tensor) -> Graph:
     modules = dict(gm.named_modules())
     _check_random(gm, modules)
     rec = _Recorder(gm)
-    try:
-        with torch.no_grad():
+    try:  # constants folded from parameters keep their history when the bound must be differentiable
+        with torch.set_grad_enabled(parameters_live()):
             rec.run(example)
     except Exception as exc:  # noqa: BLE001 - a shape mismatch surfaces as any torch error
         raise InvalidInputError(

@@ -17,9 +17,10 @@ from evax.zoo.deps import MissingDependencyError
 from evax.zoo.fetch import cache_dir
 from evax.zoo.layers import Normalize
 from evax.zoo.onnx_io import from_onnx, to_onnx
-from evax.zoo.registry import ModelSpec, list_models, load_model, model_info, registry_table
+from evax.zoo.registry import CertifiedInfo, ModelSpec, list_models, load_model, model_info, registry_table
 
 __all__ = [
+    "CertifiedInfo",
     "Dataset",
     "MissingDependencyError",
     "ModelSpec",

@@ -30,19 +30,22 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
 
 @app.command("list")
 def list_models_cmd() -> None:
-    """Models: name, input shape, classes, measured accuracy (eval set), source."""
+    """Models: name, input shape, classes, measured accuracy, verified accuracy of certifiably
+    trained models (at their eps, :class:`~evax.zoo.registry.CertifiedInfo`), eval set, source."""
     rows = [
         [
             r["name"],
             "x".join(str(d) for d in r["input_shape"]),
             str(r["classes"]),
             f"{100 * r['accuracy']:.2f}%",
+            "-" if r["verified"] is None else f"{100 * r['verified']:.2f}%",
             r["evaluated_on"],
             r["source"],
         ]
         for r in registry_table()
     ]
-    _print_table(["name", "input", "classes", "accuracy", "evaluated on", "source"], rows)
+    header = ["name", "input", "classes", "accuracy", "verified", "evaluated on", "source"]
+    _print_table(header, rows)
 
 
 @app.command("datasets")

@@ -118,3 +118,25 @@ def init_with_generator(model: nn.Module, generator: torch.Generator) -> nn.Modu
                 bound = 1.0 / math.sqrt(fan_in)
                 nn.init.uniform_(m.bias, -bound, bound, generator=generator)
     return model
+
+
+def small_cnn(mean: float = MNIST_MEAN, std: float = MNIST_STD) -> nn.Sequential:
+    """A small MNIST CNN (Wong & Kolter 2018's, the "small" net of certified-training papers).
+
+    ``Normalize -> conv(1->16, 4x4, stride 2, pad 1) -> ReLU -> conv(16->32, 4x4, stride 2,
+    pad 1) -> ReLU -> flatten (1568) -> Linear 100 -> ReLU -> Linear 10``.
+    Input ``(N, 1, 28, 28)`` in ``[0, 1]``; output logits ``(N, 10)``.
+    """
+    return nn.Sequential(
+        OrderedDict(
+            norm=Normalize([mean], [std]),
+            conv1=nn.Conv2d(1, 16, 4, stride=2, padding=1),
+            relu1=nn.ReLU(),
+            conv2=nn.Conv2d(16, 32, 4, stride=2, padding=1),
+            relu2=nn.ReLU(),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(32 * 7 * 7, 100),
+            relu3=nn.ReLU(),
+            fc2=nn.Linear(100, 10),
+        )
+    )

@@ -23,6 +23,33 @@ from evax.zoo.sources import ADVERTORCH, CIFAR10_MODEL, EFFICIENTNET_LITE0
 
 
 @dataclass(frozen=True)
+class CertifiedInfo:
+    """How a certifiably trained model was trained and what ``evax.bound`` proves about it.
+
+    Attributes:
+        method: training bound, ``"ibp"`` or ``"crown-ibp"`` (:mod:`evax.zoo.certified`).
+        eps: L-inf radius in ``[0, 1]`` pixel units (clipped to ``[0, 1]``) of verification.
+        train_eps: the radius the schedule ramped up to in training.
+        epochs: training epochs (60k images each).
+        verify_method: the ``evax.bound`` method of the verified accuracies below.
+        verified_accuracy: fraction of ``eval_dataset``'s test images certified at ``eps``.
+        sample_accuracy: clean accuracy on the 20 shipped samples of the dataset.
+        sample_verified: verified accuracy on those samples (what the tests re-measure).
+        train_seconds: training time on this project's CPU machine, one thread.
+    """
+
+    method: str
+    eps: float
+    train_eps: float
+    epochs: int
+    verify_method: str
+    verified_accuracy: float
+    sample_accuracy: float
+    sample_verified: float
+    train_seconds: float
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Registry entry of a model.
 
@@ -40,6 +67,7 @@ class ModelSpec:
         description: one line.
         build: architecture constructor (random weights).
         load: ``load(model, progress)`` puts the pretrained weights in ``model``.
+        certified: for certifiably trained models, how and what is verified; else None.
     """
 
     name: str
@@ -54,6 +82,7 @@ class ModelSpec:
     description: str
     build: Callable[[], nn.Module]
     load: Callable[[nn.Module, bool], None]
+    certified: CertifiedInfo | None = None
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], keep_prefix: str = "") -> None:
@@ -125,6 +154,45 @@ MODELS: dict[str, ModelSpec] = {
             "dense 784-256-128-64-32-10 ReLU net on Fashion-MNIST",
             lambda: models.dense_mlp(mean=models.FASHION_MEAN, std=models.FASHION_STD),
             _shipped("fashion_mlp.pt"),
+        ),
+        ModelSpec(
+            "mnist-mlp-cert0.1", (1, 28, 28), 10, "mnist", "mnist", 0.9520, 10000,
+            "shipped in evax (python -m evax.zoo.train mnist-mlp-cert0.1)", "MIT (evax)",
+            "EVA paper's dense net, CROWN-IBP certified training at L-inf eps 0.1",
+            lambda: models.dense_mlp(), _shipped("mnist_mlp_cert0.1.pt"),
+            certified=CertifiedInfo("crown-ibp", 0.1, 0.11, 8, "crown-ibp", 0.8274, 0.95, 0.85,
+                                    431.0),
+        ),
+        ModelSpec(
+            "mnist-cnn-cert0.1", (1, 28, 28), 10, "mnist", "mnist", 0.9763, 10000,
+            "shipped in evax (python -m evax.zoo.train mnist-cnn-cert0.1)", "MIT (evax)",
+            "small CNN (2 conv + 2 dense), IBP certified training at L-inf eps 0.1",
+            lambda: models.small_cnn(), _shipped("mnist_cnn_cert0.1.pt"),
+            certified=CertifiedInfo("ibp", 0.1, 0.11, 8, "crown-ibp", 0.9258, 0.95, 0.95, 240.0),
+        ),
+        ModelSpec(
+            "mnist-mlp-cert0.3", (1, 28, 28), 10, "mnist", "mnist", 0.8527, 10000,
+            "shipped in evax (python -m evax.zoo.train mnist-mlp-cert0.3)", "MIT (evax)",
+            "EVA paper's dense net, CROWN-IBP certified training at L-inf eps 0.3",
+            lambda: models.dense_mlp(), _shipped("mnist_mlp_cert0.3.pt"),
+            certified=CertifiedInfo("crown-ibp", 0.3, 0.33, 10, "crown-ibp", 0.4964, 0.90, 0.65,
+                                    271.0),
+        ),
+        ModelSpec(
+            "mnist-cnn-cert0.3", (1, 28, 28), 10, "mnist", "mnist", 0.9497, 10000,
+            "shipped in evax (python -m evax.zoo.train mnist-cnn-cert0.3)", "MIT (evax)",
+            "small CNN (2 conv + 2 dense), IBP certified training at L-inf eps 0.3",
+            lambda: models.small_cnn(), _shipped("mnist_cnn_cert0.3.pt"),
+            certified=CertifiedInfo("ibp", 0.3, 0.33, 10, "crown-ibp", 0.8018, 1.0, 0.90, 299.0),
+        ),
+        ModelSpec(
+            "fashion-mlp-cert0.1", (1, 28, 28), 10, "fashion-mnist", "fashion-mnist", 0.7998,
+            10000, "shipped in evax (python -m evax.zoo.train fashion-mlp-cert0.1)", "MIT (evax)",
+            "dense 784-256-128-64-32-10 net, CROWN-IBP certified training at L-inf eps 0.1",
+            lambda: models.dense_mlp(mean=models.FASHION_MEAN, std=models.FASHION_STD),
+            _shipped("fashion_mlp_cert0.1.pt"),
+            certified=CertifiedInfo("crown-ibp", 0.1, 0.11, 8, "crown-ibp", 0.6261, 0.90, 0.60,
+                                    238.0),
         ),
         ModelSpec(
             "mnist-lenet5", (1, 28, 28), 10, "mnist", "mnist", 0.9889, 10000,
@@ -207,6 +275,7 @@ def registry_table() -> list[dict[str, Any]]:
             "evaluated_on": f"{s.eval_dataset} ({s.eval_size})",
             "source": s.source,
             "dataset": s.dataset,
+            "verified": None if s.certified is None else s.certified.verified_accuracy,
         }
         for s in MODELS.values()
     ]

@@ -16,6 +16,7 @@ from torch import nn
 from evax.bounds.local_backward import node_map, window_dot
 from evax.bounds.local_forms import linear_local, scale_patches
 from evax.bounds.ops.base import LinearOp
+from evax.bounds.ops.constants import constant
 from evax.bounds.ops.registry import Call, register
 
 
@@ -32,7 +33,7 @@ def weight_tensor(call: Call, name: str, ndim: int | None = None) -> torch.Tenso
         raise call.unsupported(f"argument {name!r} must be a constant tensor with {ndim} dimensions")
     if not value.is_floating_point() or not bool(torch.isfinite(value).all()):
         raise call.unsupported(f"argument {name!r} must be a finite floating-point tensor")
-    return value.detach()
+    return constant(value)
 
 
 @register(nn.Linear, F.linear, torch.matmul, operator.matmul, torch.mm, "matmul", "mm",
@@ -46,9 +47,9 @@ class Linear(LinearOp):
     kind = "linear"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        self.weight = weight.detach()
+        self.weight = constant(weight)
         self.weight_abs = self.weight.abs()
-        self.bias = None if bias is None else bias.detach()
+        self.bias = None if bias is None else constant(bias)
 
     @classmethod
     def convert(cls, call: Call) -> Linear:
@@ -99,9 +100,9 @@ class Conv2d(LinearOp):
     kind = "conv2d"
 
     def __init__(self, weight, bias, stride, padding, dilation, groups, in_shape) -> None:
-        self.weight = weight.detach()
+        self.weight = constant(weight)
         self.weight_abs = self.weight.abs()
-        self.bias = None if bias is None else bias.detach().view(-1, 1, 1)
+        self.bias = None if bias is None else constant(bias).view(-1, 1, 1)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.in_shape = tuple(in_shape)
         self.local_backward_ok = self.stride == (1, 1)
@@ -211,9 +212,9 @@ class ElementwiseAffine(LinearOp):
     local_backward_ok = True
 
     def __init__(self, scale: torch.Tensor | float, shift: torch.Tensor | float | None) -> None:
-        self.scale = torch.as_tensor(scale).detach()
+        self.scale = constant(torch.as_tensor(scale))
         self.scale_abs = self.scale.abs()
-        self.bias = None if shift is None else torch.as_tensor(shift).detach()
+        self.bias = None if shift is None else constant(torch.as_tensor(shift))
 
     def _expand(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         # scale/shift are per-sample shaped; left-pad with ones for the batch dims.
@@ -262,7 +263,7 @@ def per_sample_const(call: Call, value, name: str) -> torch.Tensor:
     shape = call.out_shape
     if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
         raise call.unsupported(f"argument {name}={value!r} (expected a number or a tensor)")
-    t = torch.as_tensor(value).detach()
+    t = constant(torch.as_tensor(value))
     while t.ndim > len(shape):
         if t.shape[0] != 1:
             raise call.unsupported(f"a constant {name!r} with a batch dimension > 1")
@@ -310,7 +311,7 @@ class BatchNorm(ElementwiseAffine):
         scale = (weight if weight is not None else 1.0) / torch.sqrt(var + eps)
         shift = (bias if bias is not None else 0.0) - mean * scale
         view = (-1,) + (1,) * (len(call.input_shape("input")) - 1)  # channel first, then space
-        return cls(scale.detach().reshape(view), shift.detach().reshape(view))
+        return cls(constant(scale).reshape(view), constant(shift).reshape(view))
 
 
 _SCALE_SIGNATURES = {
