@@ -197,3 +197,26 @@ def test_side_must_be_known():
     ball = evax.Ball(torch.rand(1, 2, 6, 6), 0.05)
     with pytest.raises(InvalidInputError, match="side"):
         evax.bound(model, ball, "backward", side="top")
+
+
+def test_crown_ibp_chunks_are_sized_by_its_output_rows(monkeypatch):
+    """CROWN-IBP runs one backward pass from the output rows: the automatic chunk size must
+    not budget CROWN's intermediate rows (it bounded a small CNN one image at a time)."""
+    from evax.bounds import api
+
+    net = nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(32 * 12 * 12, 50), nn.ReLU(), nn.Linear(50, 10)).eval()
+    x = torch.rand(64, 1, 28, 28)
+    seen: list[int] = []
+    run = api._run_combination
+
+    def recording(graph, inset, *args, **kwargs):
+        seen.append(inset.batch_size)
+        return run(graph, inset, *args, **kwargs)
+
+    monkeypatch.setattr(api, "_run_combination", recording)
+    b = evax.bound(net, evax.Ball(x, 0.01), "crown-ibp")
+    assert max(seen) >= 32
+    monkeypatch.setattr(api, "_run_combination", run)
+    one = evax.bound(net, evax.Ball(x, 0.01), "crown-ibp", batch_size=1)
+    torch.testing.assert_close(b.lower, one.lower, rtol=1e-5, atol=1e-5)

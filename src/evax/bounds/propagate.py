@@ -785,21 +785,28 @@ def estimate_state_floats_per_box(graph: Graph) -> int:
     return 16 * sum(node.numel for node in graph.nodes)
 
 
+def _backward_rows(graph: Graph, methods: frozenset[str]) -> int:
+    """Rows of the widest backward pass: every neuron of a relaxed node for CROWN and
+    alpha-CROWN (intermediate bounds by backward passes), the output rows only for CROWN-IBP
+    alone (its intermediate bounds are IBP's)."""
+    if methods & {"backward", "alpha-crown"}:
+        return max(
+            max((graph.nodes[i].numel for i in range(len(graph.nodes)) if graph.needs_bounds(i)), default=1),
+            graph.output_size,
+        )
+    return graph.output_size
+
+
 def estimate_floats_per_box(graph: Graph, methods: frozenset[str]) -> int:
     """Rough peak number of floats one box needs (used to pick an automatic chunk size)."""
-    methods = _engine_methods(methods)
+    base = _engine_methods(methods)
     d = graph.nodes[0].numel
     widest = max(node.numel for node in graph.nodes)
     total = 8 * widest
-    if "forward" in methods:
+    if "forward" in base:
         total += 6 * d * widest
-    if "backward" in methods:
-        relu_rows = max(
-            (graph.nodes[i].numel for i in range(len(graph.nodes)) if graph.needs_bounds(i)),
-            default=0,
-        )
-        relu_rows = max(relu_rows, graph.output_size)
-        total += 6 * min(relu_rows, 4096) * max(d, widest)
+    if "backward" in base:
+        total += 6 * min(_backward_rows(graph, methods), 4096) * max(d, widest)
     return int(math.ceil(total))
 
 
@@ -809,15 +816,13 @@ def estimate_largest_tensor(graph: Graph, methods: frozenset[str]) -> int:
     Chunks are sized so that this stays around a few tens of MB: larger temporaries are
     served by fresh ``mmap`` pages, whose page faults cost more than the arithmetic.
     """
-    methods = _engine_methods(methods)
+    base = _engine_methods(methods)
     widest = max(node.numel for node in graph.nodes[1:])
     largest = widest
-    if "forward" in methods:
+    if "forward" in base:
         largest = max(largest, graph.nodes[0].numel * widest)
-    if "backward" in methods:
-        rows = max(
-            (graph.nodes[i].numel for i in range(len(graph.nodes)) if graph.needs_bounds(i)), default=1
-        )
+    if "backward" in base:
+        rows = _backward_rows(graph, methods)
         # Multipliers stop at the first affine layer on the input (concretised block by block,
         # see Propagator._concretize_through_linear): the reshapes before it never hold any.
         fused = _input_chain_nodes(graph)
