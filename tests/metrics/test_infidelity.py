@@ -96,10 +96,10 @@ def test_normalized_infidelity_is_scale_invariant(pert):
     model = _mlp()
     x = _inputs((4, 12))
     expl = torch.randn(4, 12, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    metric = Infidelity(model, x, perturbation=pert, n_samples=50, normalize=True)
+    metric = Infidelity(model, x, noise=pert, n_samples=50, normalize=True)
     a, b = metric(expl), metric(100 * expl)
     assert torch.allclose(a, b, rtol=1e-9)
-    raw = Infidelity(model, x, perturbation=pert, n_samples=50, normalize=False)
+    raw = Infidelity(model, x, noise=pert, n_samples=50, normalize=False)
     assert not torch.allclose(raw(expl), raw(100 * expl))
     # beta-scaling can only help: normalised <= unscaled, and equals the unscaled form at beta
     out = metric(expl, detailed=True)
@@ -175,7 +175,7 @@ def test_several_explanations_in_one_pass_match_separate_calls():
     x = _inputs((4, 12))
     e1 = torch.randn(4, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     e2 = torch.randn(4, 12, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    metric = Infidelity(model, x, perturbation=GaussianNoise(0.2), n_samples=30, batch_size=17)
+    metric = Infidelity(model, x, noise=GaussianNoise(0.2), n_samples=30, batch_size=17)
     both = metric({"a": e1, "b": e2})
     assert torch.equal(both["a"], metric(e1)) and torch.equal(both["b"], metric(e2))
     assert [t.shape for t in metric([e1, e2])] == [(4,), (4,)]
@@ -189,14 +189,14 @@ def test_several_explanations_in_one_pass_match_separate_calls():
 def test_explainers_are_accepted_and_seed_controls_draws():
     model = _mlp()
     x = _inputs((3, 12))
-    metric = Infidelity(model, x, perturbation=GaussianNoise(0.2), n_samples=20)
+    metric = Infidelity(model, x, noise=GaussianNoise(0.2), n_samples=20)
     expl = _grad(model)(x.clone().requires_grad_(), model(x).argmax(1)).detach()
     from_tensor = metric(expl)
     assert torch.allclose(metric(_grad(model)), from_tensor)  # callable, target = prediction
     assert torch.allclose(metric(CaptumSaliency(model)), metric(expl.abs()))  # .attribute (abs)
     assert torch.allclose(metric(CaptumSaliency(model).attribute), metric(expl.abs()))  # bound method
     assert torch.equal(metric(expl), from_tensor)
-    other_seed = Infidelity(model, x, perturbation=GaussianNoise(0.2), n_samples=20, seed=1)
+    other_seed = Infidelity(model, x, noise=GaussianNoise(0.2), n_samples=20, seed=1)
     assert not torch.equal(other_seed(expl), from_tensor)
 
 
@@ -205,8 +205,8 @@ def test_an_input_score_does_not_depend_on_the_other_inputs():
     x = _inputs((5, 12))
     expl = torch.randn(5, 12, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     for pert in (GaussianNoise(0.2), NoisyBaseline(0.2, clip=(0, 1))):
-        part = Infidelity(model, x[2:4], perturbation=pert, n_samples=40, batch_size=64)(expl[2:4])
-        whole = Infidelity(model, x, perturbation=pert, n_samples=40, batch_size=64)(expl)
+        part = Infidelity(model, x[2:4], noise=pert, n_samples=40, batch_size=64)(expl[2:4])
+        whole = Infidelity(model, x, noise=pert, n_samples=40, batch_size=64)(expl)
         assert torch.allclose(part, whole[2:4], rtol=1e-12)
     kw = dict(radius=0.2, n_samples=9, batch_size=20)
     part = MaxSensitivity(model, x[3:], **kw)(_grad(model))
@@ -221,9 +221,9 @@ def test_results_do_not_depend_on_chunking(pert):
     model = _mlp()
     x = _inputs((3, 12))
     expl = torch.randn(3, 12, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    ref = Infidelity(model, x, perturbation=pert, n_samples=3000, batch_size=10_000)(expl, detailed=True)
+    ref = Infidelity(model, x, noise=pert, n_samples=3000, batch_size=10_000)(expl, detailed=True)
     for bs in (64, 100, 1024, 2999):
-        out = Infidelity(model, x, perturbation=pert, n_samples=3000, batch_size=bs)(expl, detailed=True)
+        out = Infidelity(model, x, noise=pert, n_samples=3000, batch_size=bs)(expl, detailed=True)
         torch.testing.assert_close(out.scores, ref.scores, rtol=1e-5, atol=0)
         torch.testing.assert_close(out.beta, ref.beta, rtol=1e-5, atol=0)
     sens = MaxSensitivity(model, x, radius=0.2, n_samples=1500, batch_size=10_000)(_grad(model))
@@ -250,7 +250,7 @@ def test_infidelity_keeps_model_mode_and_inputs():
     model = _mlp().train()
     x = _inputs((2, 12))
     x_copy = x.clone()
-    Infidelity(model, x, perturbation=GaussianNoise(0.2), n_samples=4)(torch.ones(2, 12, dtype=torch.float64))
+    Infidelity(model, x, noise=GaussianNoise(0.2), n_samples=4)(torch.ones(2, 12, dtype=torch.float64))
     assert model.training and torch.equal(x, x_copy)
 
 
@@ -258,12 +258,12 @@ def test_infidelity_bad_inputs():
     model = _mlp()
     x = _inputs((2, 12))
     with pytest.raises(InvalidInputError, match="n_samples"):
-        Infidelity(model, x, perturbation=GaussianNoise(0.2), n_samples=1)
+        Infidelity(model, x, noise=GaussianNoise(0.2), n_samples=1)
     with pytest.raises(InvalidInputError, match="noise distribution"):
-        Infidelity(model, x, perturbation=lambda x: x, n_samples=4)
+        Infidelity(model, x, noise=lambda x: x, n_samples=4)
     with pytest.raises(InvalidInputError, match="out of range"):
         Infidelity(model, x, 3, GaussianNoise(0.2), n_samples=4)
-    metric = Infidelity(model, x, perturbation=GaussianNoise(0.2), n_samples=4)
+    metric = Infidelity(model, x, noise=GaussianNoise(0.2), n_samples=4)
     with pytest.raises(InvalidInputError, match="does not match the inputs"):
         metric(torch.ones(2, 11))
     with pytest.raises(InvalidInputError, match="NaN"):
@@ -271,7 +271,7 @@ def test_infidelity_bad_inputs():
     with pytest.raises(InvalidInputError, match="explainer"):
         metric("saliency")
     with pytest.raises(InvalidInputError, match="images"):
-        Infidelity(model, x, perturbation=SquareRemoval(), n_samples=4)(torch.ones(2, 12))
+        Infidelity(model, x, noise=SquareRemoval(), n_samples=4)(torch.ones(2, 12))
     with pytest.raises(InvalidInputError):
         check_explanation(torch.ones(2, 3, 6, 6), torch.ones(2, 2, 6, 6))
     with pytest.raises(InvalidInputError):

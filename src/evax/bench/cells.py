@@ -418,7 +418,7 @@ def _infidelity_cell(cell: Cell, rec: dict) -> None:
             if name == "infd":
                 cls = metric_class("Infidelity")
                 pert = _perturbation(mcfg.pop("perturbation"))
-                metric = cls(model, x, target, perturbation=pert, seed=cell.seed, progress=False, **mcfg)
+                metric = cls(model, x, target, noise=pert, seed=cell.seed, progress=False, **mcfg)
                 val = metric(phi.to(x.dtype))
             elif name == "sens_max":
                 cls = metric_class("MaxSensitivity")
@@ -534,7 +534,7 @@ def _evaluate_cell(cell: Cell, rec: dict) -> None:
         try:
             if name == "infidelity":
                 pert = _perturbation(mcfg.pop("perturbation"))
-                metric = metric_class("Infidelity")(model, x, target, perturbation=pert, seed=cell.seed,
+                metric = metric_class("Infidelity")(model, x, target, noise=pert, seed=cell.seed,
                                                     progress=False, **mcfg)
                 rec["values"][name] = _finite(metric(raw.to(x.dtype)).flatten()[0])
             elif name == "sensitivity":

@@ -11,12 +11,12 @@ The ``n`` draws are shared by all the inputs (common random numbers, ``sample(..
 shared=True)``) and made in fixed draw blocks (:class:`evax.core.streaming.Draws`): an input's
 score depends on ``(seed, n_samples)`` but neither on ``batch_size`` (up to float summation
 order) nor on the other inputs of the batch. With ``n_samples <= 1024`` the draws are exactly
-those of ``perturbation.sample(inputs, n_samples, torch.Generator().manual_seed(seed),
+those of ``noise.sample(inputs, n_samples, torch.Generator().manual_seed(seed),
 shared=True)``.
 
 Explanation shapes: ``(N, *S)`` like the inputs; for images ``(N, C, H, W)`` also ``(N, H, W)``
 or ``(N, 1, H, W)`` -- a channel-reduced explanation scores every channel of its pixel alike
-(it is broadcast over the channels). A perturbation whose ``I`` is a channel-shared mask
+(it is broadcast over the channels). A noise distribution whose ``I`` is a channel-shared mask
 (``indicator=True``) is dotted with ``sum_c Phi[c]``, the channel sum of a global explanation.
 """
 
@@ -122,7 +122,7 @@ class Infidelity(ExplanationMetric):
 
         INFD(Phi, f, x) = E_{I ~ mu_I} [ (I^T Phi(f, x) - (f(x) - f(x - I)))^2 ]
 
-    estimated with ``n_samples`` draws ``(I_j, x~_j)`` of ``perturbation`` (``x~_j`` replaces
+    estimated with ``n_samples`` draws ``(I_j, x~_j)`` of the noise distribution ``noise`` (``x~_j`` replaces
     ``x - I_j``, see :mod:`evax.core.noise`). With ``a_j = I_j^T Phi`` and
     ``b_j = f(x) - f(x~_j)`` the streamed sufficient statistics are ``S_aa = sum a^2``,
     ``S_ab = sum a b``, ``S_bb = sum b^2`` (float64). ``normalize=True`` (the authors' evaluation
@@ -137,7 +137,7 @@ class Infidelity(ExplanationMetric):
     Args:
         model: classifier ``(M, *S) -> (M, K)``; put in eval mode while scoring, restored after.
         inputs: ``(N, *S)``, copied; ``targets``: ``(N,)`` or ``None`` (the predicted classes).
-        perturbation: a :class:`~evax.core.noise.NoiseDistribution` (default
+        noise: the noise distribution ``mu_I``, a :class:`~evax.core.noise.NoiseDistribution` (default
             ``NoisyBaseline(0.2)``: the paper's local setting, without clipping; the paper
             clips to the pixel domain, ``NoisyBaseline(0.2, clip=(0, 1))``, and uses
             ``SquareRemoval`` for global explanations).
@@ -161,7 +161,7 @@ class Infidelity(ExplanationMetric):
         model: nn.Module,
         inputs: torch.Tensor,
         targets: TargetLike = None,
-        perturbation: NoiseDistribution | None = None,
+        noise: NoiseDistribution | None = None,
         n_samples: int | None = None,
         normalize: bool = True,
         activation: ActivationLike = None,
@@ -169,19 +169,19 @@ class Infidelity(ExplanationMetric):
         seed: int = 0,
         progress: bool | None = None,
     ) -> None:
-        if perturbation is None:
-            perturbation = NoisyBaseline(0.2)
-        if not isinstance(perturbation, NoiseDistribution):
+        if noise is None:
+            noise = NoisyBaseline(0.2)
+        if not isinstance(noise, NoiseDistribution):
             raise InvalidInputError(
-                f"perturbation must be an evax.metrics noise distribution (GaussianNoise, NoisyBaseline, "
-                f"SquareRemoval, ...), got {type(perturbation).__name__}"
+                f"noise must be an evax.metrics noise distribution (GaussianNoise, NoisyBaseline, "
+                f"SquareRemoval, ...), got {type(noise).__name__}"
             )
         if n_samples is not None:
             check_positive_int(n_samples, "n_samples", minimum=2)
         self.batch_size = check_positive_int(batch_size, "batch_size")
         check_seed(seed)
         super().__init__(model, inputs, targets)
-        self.perturbation = perturbation
+        self.noise = noise
         self.n_samples = n_samples
         self.normalize = bool(normalize)
         self.score = score_function(activation)
@@ -219,10 +219,10 @@ class Infidelity(ExplanationMetric):
     @torch.no_grad()
     def _statistics(self, x: torch.Tensor, targets: torch.Tensor, expls: list[torch.Tensor]) -> torch.Tensor:
         n_in = x.shape[0]
-        n = n_draws(self.n_samples, self.perturbation, x, default=1000)
+        n = n_draws(self.n_samples, self.noise, x, default=1000)
         self._last_n = n
         per_block, per_chunk = blocks(n_in, n, self.batch_size)
-        draws = Draws(self.perturbation, self.seed)  # the same draws for every block of inputs
+        draws = Draws(self.noise, self.seed)  # the same draws for every block of inputs
         stats = torch.zeros(len(expls), n_in, 4, dtype=torch.float64, device=x.device)
         plan = steps(n_in, n, per_block, per_chunk)
         with eval_mode(self.model):
@@ -298,7 +298,7 @@ class MaxSensitivity(ExplainerMetric):
         n_samples: points ``y`` per input (>= 2; the paper: 50).
         norm: ``"fro"`` (= L2 of the flattened map, default), ``"inf"`` or ``1``.
         relative: divide by ``||Phi(x)||`` (default, as the paper); ``False``: absolute change.
-        perturbation: the sampler of ``y = x~`` (default ``UniformNoise(radius)``, the L-inf
+        noise: the sampler of ``y = x~`` (default ``UniformNoise(radius)``, the L-inf
             ball); any :class:`~evax.core.noise.NoiseDistribution` can replace it.
         batch_size: perturbed inputs per explainer call.
         seed: seed of the generator created on every call.
@@ -320,7 +320,7 @@ class MaxSensitivity(ExplainerMetric):
         n_samples: int = 50,
         norm: str | float = "fro",
         relative: bool = True,
-        perturbation: NoiseDistribution | None = None,
+        noise: NoiseDistribution | None = None,
         batch_size: int = 256,
         seed: int = 0,
         progress: bool | None = None,
@@ -331,12 +331,11 @@ class MaxSensitivity(ExplainerMetric):
             raise InvalidInputError(f"unknown norm {norm!r}: use 'fro' (L2), 'inf' or 1")
         self.ord = _NORMS[norm]
         self.relative = bool(relative)
-        if perturbation is not None and not isinstance(perturbation, NoiseDistribution):
+        if noise is not None and not isinstance(noise, NoiseDistribution):
             raise InvalidInputError(
-                f"perturbation must be a noise distribution (evax.metrics.UniformNoise...), "
-                f"got {type(perturbation).__name__}"
+                f"noise must be a noise distribution (evax.metrics.UniformNoise...), got {type(noise).__name__}"
             )
-        self.perturbation = perturbation if perturbation is not None else UniformNoise(self.radius)
+        self.noise = noise if noise is not None else UniformNoise(self.radius)
         self.batch_size = check_positive_int(batch_size, "batch_size")
         check_seed(seed)
         super().__init__(model, inputs, targets)
@@ -371,7 +370,7 @@ class MaxSensitivity(ExplainerMetric):
         denom = torch.where(denom == 0, torch.ones_like(denom), denom)
         n = self.n_samples
         per_block, per_chunk = blocks(n_in, n, self.batch_size)
-        draws = Draws(self.perturbation, self.seed)  # the same draws for every block of inputs
+        draws = Draws(self.noise, self.seed)  # the same draws for every block of inputs
         best = torch.full((n_in,), -math.inf, dtype=torch.float64, device=x.device)
         arg = torch.zeros(n_in, dtype=torch.long, device=x.device)
         plan = steps(n_in, n, per_block, per_chunk)
