@@ -171,12 +171,12 @@ def run_table(
         expls[method], t = timed(lambda ex=ex: call_explainer(ex, x, targets))
         rows.append({"table": name, "method": method, "explain_s_per_image": t / n_img})
         print(f"  explained {method:15} {t / n_img:8.3f} s/image", flush=True)
-    infd = Infidelity(model, pert, n_samples=n_infd, seed=0)
-    _, t_one_pass = timed(lambda: infd(x, expls, target=targets), args.repeats)
+    infd = Infidelity(model, x, targets, pert, n_samples=n_infd, seed=0)
+    _, t_one_pass = timed(lambda: infd(expls), args.repeats)
     for row in rows:
         method = row["method"]
         e = expls[method]
-        scores, t_ev = timed(lambda e=e: infd(x, e, target=targets), args.repeats)
+        scores, t_ev = timed(lambda e=e: infd(e), args.repeats)
         n_cap = pert.size(x) if pert.exhaustive else args.infd_samples
         theirs, t_cap = timed(
             lambda e=e, n_cap=n_cap: captum_infidelity(
@@ -213,10 +213,8 @@ def run_table(
             )
             continue
         ex = explainers[method]
-        sens = MaxSensitivity(
-            ex, radius=radius, n_samples=args.sens_samples, model=model, batch_size=256, seed=0
-        )
-        s_ev, t_sev = timed(lambda sens=sens, e=e: sens(x, target=targets, explanations=e))
+        sens = MaxSensitivity(model, x, targets, radius=radius, n_samples=args.sens_samples, batch_size=256, seed=0)
+        s_ev, t_sev = timed(lambda sens=sens, ex=ex, e=e: sens(ex, explanations=e))
         sampler = UniformNoise(radius)
         gen = torch.Generator().manual_seed(1)
 

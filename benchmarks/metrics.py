@@ -84,12 +84,12 @@ def bench_metrics(name: str, model: torch.nn.Module, x: torch.Tensor) -> list[di
 
         out, seconds = timed(run)
         row = {"model": name, "metric": metric_name, "images": n, "s_per_image": seconds / n,
-               "mean_score": float(out["mean"])}  # fmt: skip
+               "mean_score": float(out.mean)}  # fmt: skip
         print(f"  {metric_name:14s} {seconds / n:9.3f} s/image", flush=True)
         if metric_name == "RobustnessSr":
-            row["budget"] = {k: v for k, v in out["budget"].items()}
-            row["capped_pairs"] = int(out["capped"].sum())
-            row["pairs"] = int(out["capped"].numel())
+            row["budget"] = dict(out.budget)
+            row["capped_pairs"] = int(out.capped.sum())
+            row["pairs"] = int(out.capped.numel())
         rows.append(row)
     method = BOUND_METHOD[name]
     for domain in (None, (0.0, 1.0)):
@@ -97,7 +97,7 @@ def bench_metrics(name: str, model: torch.nn.Module, x: torch.Tensor) -> list[di
         try:
             out, seconds = timed(lambda domain=domain: Tightness(model, x, domain=domain)(method, detailed=True))
             rows.append({"model": name, "metric": label, "images": n, "s_per_image": seconds / n,
-                         "mean_score": float(out["mean"])})  # fmt: skip
+                         "mean_score": float(out.mean)})  # fmt: skip
         except EvaxError as exc:
             rows.append({"model": name, "metric": label, "images": n, "s_per_image": None,
                          "mean_score": None, "error": str(exc)})  # fmt: skip

@@ -211,7 +211,7 @@ def test_evaluate_numbers_equal_the_api(tmp_path):
         phi = Saliency(model).attribute(xi, target)
         for name, cls in (("deletion", Deletion), ("insertion", Insertion)):
             metric = cls(model, xi, target, groups=grid(12), seed=3 + i, progress=False, baseline="uniform")
-            want = float(metric(phi, detailed=True)["auc"][0])
+            want = float(metric(phi, detailed=True).scores[0])
             assert abs(float(by[("Saliency", i)][name]) - want) < 1e-6
     # the summary: mean and paired difference to the reference (EVA) from the per-image values
     table = {(r["method"], r["metric"]): r for r in csv.DictReader((out / "table.csv").open())}
@@ -343,9 +343,9 @@ def test_evaluate_infidelity_and_sensitivity_equal_the_api(tmp_path):
     sal = Saliency(model)
     raw = sal.attribute_raw(x, target)
     pert = NoisyBaseline(sigma=0.2, baseline=0.0, clip=(0.0, 1.0))
-    infd = Infidelity(model, pert, seed=0, progress=False, n_samples=64)(x, raw, target=target)
-    sens = MaxSensitivity(sal.attribute_raw, model=model, seed=0, progress=False, radius=0.2, n_samples=3)(
-        x, target=target, explanations=raw
+    infd = Infidelity(model, x, target, pert, seed=0, progress=False, n_samples=64)(raw)
+    sens = MaxSensitivity(model, x, target, seed=0, progress=False, radius=0.2, n_samples=3)(
+        sal.attribute_raw, explanations=raw
     )
     assert abs(float(row["infidelity"]) - float(infd[0])) < 1e-6 * max(1.0, abs(float(infd[0])))
     assert abs(float(row["sensitivity"]) - float(sens[0])) < 1e-6 * max(1.0, abs(float(sens[0])))

@@ -205,8 +205,8 @@ def test_noisy_baseline_beats_gradients_on_its_perturbation(mnist):
     model, x = mnist
     nb = OptimalNoisyBaseline(model, n_samples=4000, seed=0).attribute(x)
     # scored on fresh draws (another seed): out-of-sample, so the ordering is not by construction
-    metric = Infidelity(model, NoisyBaselinePert(0.2, clip=(0, 1)), n_samples=2000, seed=1)
-    scores = metric(x, {"nb": nb, **_baselines(model)})
+    metric = Infidelity(model, x, noise=NoisyBaselinePert(0.2, clip=(0, 1)), n_samples=2000, seed=1)
+    scores = metric({"nb": nb, **_baselines(model)})
     for name in ("saliency", "ig", "smoothgrad"):
         assert (scores["nb"] < scores[name]).all(), scores
 
@@ -214,8 +214,8 @@ def test_noisy_baseline_beats_gradients_on_its_perturbation(mnist):
 def test_square_beats_gradients_on_square_removal(mnist):
     model, x = mnist
     sq = OptimalSquare(model).attribute(x)
-    metric = Infidelity(model, SquareRemoval(exhaustive=True))
-    scores = metric(x, {"square": sq, **_baselines(model)})
+    metric = Infidelity(model, x, noise=SquareRemoval(exhaustive=True))
+    scores = metric({"square": sq, **_baselines(model)})
     for name in ("saliency", "ig", "smoothgrad"):
         assert (scores["square"] < scores[name]).all(), scores
 

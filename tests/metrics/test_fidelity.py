@@ -75,8 +75,8 @@ def test_mufidelity_degenerate_reported_as_zero():
     x = _images()
     metric = MuFidelity(_sum_model(), x, 0, baseline=0.0, activation=None)
     out = metric(torch.ones(3, 8, 8), detailed=True)  # every subset has the same sum
-    assert out["degenerate"].all() and (out["scores"] == 0).all()
-    assert out["drops"].shape == (3, 200) and out["subsets"].sum(2).eq(round(0.2 * 64)).all()
+    assert out.degenerate.all() and (out.scores == 0).all()
+    assert out.drops.shape == (3, 200) and out.subsets.sum(2).eq(round(0.2 * 64)).all()
 
 
 # -- Deletion / Insertion -------------------------------------------------------------------------
@@ -88,8 +88,8 @@ def test_deletion_zero_when_any_removal_kills_the_score(groups):
     for expl in (torch.rand(3, 8, 8), -x, x):
         out = metric(expl, detailed=True)
         # curve (1, 0, 0, ..., 0) over fractions k/V: area 1 / (2V)
-        torch.testing.assert_close(out["scores"], torch.full((3,), 1 / (2 * v)))
-        assert out["curves"].shape == (3, v + 1)
+        torch.testing.assert_close(out.scores, torch.full((3,), 1 / (2 * v)))
+        assert out.curves.shape == (3, v + 1)
 
 
 @pytest.mark.parametrize("groups", [None, grid(4)])
@@ -123,10 +123,10 @@ def test_deletion_insertion_curves_match_linear_closed_form():
         b = float(lin.bias[target[i]].detach())
         del_curve = [b + contrib.sum() - contrib[order[:k]].sum() for k in range(65)]
         ins_curve = [b + contrib[order[:k]].sum() for k in range(65)]
-        torch.testing.assert_close(dele["curves"][i].double(), torch.stack(del_curve), rtol=1e-5, atol=1e-4)
-        torch.testing.assert_close(ins["curves"][i].double(), torch.stack(ins_curve), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(dele.curves[i].double(), torch.stack(del_curve), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(ins.curves[i].double(), torch.stack(ins_curve), rtol=1e-5, atol=1e-4)
         area = sum((del_curve[k] + del_curve[k + 1]) / 2 / 64 for k in range(64))
-        assert abs(float(dele["scores"][i]) - float(area)) < 1e-4
+        assert abs(float(dele.scores[i]) - float(area)) < 1e-4
 
 
 def test_true_attribution_of_a_linear_model_is_optimal():
@@ -153,11 +153,11 @@ def test_steps_subsample_the_curve():
     expl = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(1))
     full = Deletion(model, x, steps=None, seed=3)(expl, detailed=True)
     coarse = Deletion(model, x, steps=16, seed=3)(expl, detailed=True)
-    assert coarse["curves"].shape == (2, 17)
-    assert coarse["counts"].tolist() == list(range(0, 65, 4))
-    torch.testing.assert_close(coarse["curves"], full["curves"][:, ::4])
+    assert coarse.curves.shape == (2, 17)
+    assert coarse.counts.tolist() == list(range(0, 65, 4))
+    torch.testing.assert_close(coarse.curves, full.curves[:, ::4])
     half = Insertion(model, x, max_fraction=0.5, steps=8, seed=3)(expl, detailed=True)
-    assert half["counts"][-1] == 32 and half["fractions"][-1] == 0.5
+    assert half.counts[-1] == 32 and half.fractions[-1] == 0.5
 
 
 # -- invariances -----------------------------------------------------------------------------------

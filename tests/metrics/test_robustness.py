@@ -43,22 +43,22 @@ def test_linear_closed_form_within_two_percent(groups):
     expl = torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(2))
     metric = RobustnessSr(model, x, domain=None, groups=groups, fractions=[0.25, 0.5, 1.0], tie_break="index")
     out = metric(expl, detailed=True)
-    assert out["distances"].shape == (3, 3) and out["auc"].shape == (3,)
-    assert not out["capped"].any() and out["converged"].all()
+    assert out.distances.shape == (3, 3) and out.scores.shape == (3,)
+    assert not out.capped.any() and out.converged.all()
     rank = metric.ranking(metric.variables.scores(expl))
     for i in range(3):
         for j, count in enumerate(metric.counts):
             selected = (rank[i] < count).unsqueeze(0)
             free = metric.variables.pixel_mask(selected, torch.tensor([i]))[0, 0]  # (P,) bool
             expected = _closed_form(lin, x[i], int(metric.targets[i]), free.repeat(3))
-            got = float(out["distances"][i, j])
+            got = float(out.distances[i, j])
             assert abs(got - expected) <= 0.02 * expected, (i, j, got, expected)
             assert got >= expected * (1 - 1e-4)  # an actual example: never below the true minimum
-    fr = out["fractions"].double()
-    d = out["distances"].double()
+    fr = out.fractions.double()
+    d = out.distances.double()
     manual = ((d[:, 1:] + d[:, :-1]) / 2 * fr.diff()).sum(1)
-    torch.testing.assert_close(out["auc"].double(), manual)
-    torch.testing.assert_close(metric(expl), out["auc"])
+    torch.testing.assert_close(out.scores.double(), manual)
+    torch.testing.assert_close(metric(expl), out.scores)
 
 
 def test_good_explanation_beats_its_reverse():
@@ -70,10 +70,10 @@ def test_good_explanation_beats_its_reverse():
     # pixels with the largest |w_c - w_c'| (summed over classes and channels) move the margin most
     good = torch.stack([(w[t[i]] - w).abs().sum(0).view(3, 8, 8).sum(0) for i in range(2)])
     out_good, out_bad = metric(good, detailed=True), metric(-good, detailed=True)
-    assert (out_good["auc"] < out_bad["auc"]).all()
+    assert (out_good.scores < out_bad.scores).all()
     # the last step frees everything: it does not depend on the explanation
     torch.testing.assert_close(
-        out_good["distances"][:, -1], out_bad["distances"][:, -1], rtol=2e-3, atol=1e-3
+        out_good.distances[:, -1], out_bad.distances[:, -1], rtol=2e-3, atol=1e-3
     )
 
 
@@ -90,16 +90,16 @@ def test_cap_policy_farthest_point_distance_and_max_radius():
     metric = RobustnessSr(_Stubborn(), x, fractions=[0.5, 1.0], tie_break="index", steps=5)
     with pytest.warns(UserWarning, match="capped"):
         out = metric(torch.rand(2, 4, 4), detailed=True)
-    assert out["capped"].all() and torch.isfinite(out["distances"]).all()
+    assert out.capped.all() and torch.isfinite(out.distances).all()
     # the cap is the radius of the smallest ball around x covering the free part of the box
     far = torch.maximum(x, 1 - x).flatten(1)
-    torch.testing.assert_close(out["distances"][:, -1], far.norm(dim=1))
-    torch.testing.assert_close(out["distances"], out["cap"])
+    torch.testing.assert_close(out.distances[:, -1], far.norm(dim=1))
+    torch.testing.assert_close(out.distances, out.cap)
     # without a domain: max_radius
     m2 = RobustnessSr(_Stubborn(), x, domain=None, max_radius=3.0, fractions=[1.0], steps=5)
     with pytest.warns(UserWarning):
         out2 = m2(torch.rand(2, 4, 4), detailed=True)
-    torch.testing.assert_close(out2["distances"], torch.full((2, 1), 3.0))
+    torch.testing.assert_close(out2.distances, torch.full((2, 1), 3.0))
 
 
 def test_misclassified_input_has_distance_zero():
@@ -110,7 +110,7 @@ def test_misclassified_input_has_distance_zero():
     out = RobustnessSr(model, x, targets=wrong, domain=None, fractions=[0.5, 1.0])(
         torch.rand(2, 8, 8), detailed=True
     )
-    assert (out["distances"] == 0).all() and (out["auc"] == 0).all()
+    assert (out.distances == 0).all() and (out.scores == 0).all()
 
 
 def test_batch_size_seed_and_restarts():
@@ -130,11 +130,11 @@ def test_batch_size_seed_and_restarts():
         ref = RobustnessSr(net, x, **kw)(expl, detailed=True)
         small = RobustnessSr(net, x, batch_size=2, **kw)(expl, detailed=True)
         again = RobustnessSr(net, x, **kw)(expl, detailed=True)
-    torch.testing.assert_close(small["distances"], ref["distances"], rtol=1e-5, atol=1e-6)
-    assert torch.equal(again["distances"], ref["distances"])
+    torch.testing.assert_close(small.distances, ref.distances, rtol=1e-5, atol=1e-6)
+    assert torch.equal(again.distances, ref.distances)
     assert torch.equal(torch.get_rng_state(), state)
     assert net.training and torch.equal(x, x_copy)
-    assert ref["budget"]["steps"] == 20 and ref["budget"]["restarts"] == 2
+    assert ref.budget["steps"] == 20 and ref.budget["restarts"] == 2
 
 
 def test_errors():

@@ -9,7 +9,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from evax.errors import InvalidInputError
-from evax.metrics.sanity import RandomizationSanity, spearman
+from evax.metrics.sanity import RandomizationSanity, SanityResult, spearman
 
 
 def _net(seed=0):
@@ -43,30 +43,34 @@ def test_gradient_changes_an_input_only_explanation_does_not():
     x = _x()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     sal = CaptumSaliency(model)
-    check = RandomizationSanity(model, layer="last", seed=0)
+    check = RandomizationSanity(model, x, layer="last", seed=0)
     assert check.layers[0][0] == "3"
 
-    res = check(lambda i, t: sal.attribute(i, target=t, abs=False), x)
-    assert res.spearman.shape == (4,) and res.spearman_abs.shape == (4,)
+    res = check(lambda i, t: sal.attribute(i, target=t, abs=False), detailed=True)
+    assert isinstance(res, SanityResult)
+    assert res.scores.shape == (4,) and res.scores_abs.shape == (4,)
     assert res.original.shape == res.randomized.shape == x.shape
-    assert (res.spearman < 0.9).all()  # the gradient follows the new last layer: passes
+    assert (res.scores < 0.9).all()  # the gradient follows the new last layer: passes
+    assert res.mean == res.scores.mean() and res.mean_abs == res.scores_abs.mean()
     # an explanation blind to the model (x itself) is unchanged: correlation 1, fails the check
-    blind = check(lambda i, t: i.clone(), x)
-    assert torch.allclose(blind.spearman, torch.ones(4, dtype=torch.float64))
+    blind = check(lambda i, t: i.clone())
+    assert torch.allclose(blind, torch.ones(4, dtype=torch.float64))
     # the model is restored exactly; the check is deterministic
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    again = check(lambda i, t: sal.attribute(i, target=t, abs=False), x)
-    assert torch.equal(again.spearman, res.spearman)
+    again = check(lambda i, t: sal.attribute(i, target=t, abs=False))
+    assert torch.equal(again, res.scores)
+    # Captum explainers as objects and as bound methods: the same numbers (abs=True by default)
+    assert torch.equal(check(sal), check(sal.attribute))
     # the original model's prediction is the explained class in both runs
     seen = []
-    check(lambda i, t: seen.append(t.clone()) or i.clone(), x)
+    check(lambda i, t: seen.append(t.clone()) or i.clone())
     assert torch.equal(seen[0], seen[1]) and torch.equal(seen[0], model(x).argmax(1))
 
 
 def test_named_layers_and_restoration_on_error():
     model = _net().train()
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    check = RandomizationSanity(model, layer=["1", model[3]])
+    check = RandomizationSanity(model, _x(), layer=["1", model[3]])
     assert [n for n, _ in check.layers] == ["1", "3"]
     calls = []
 
@@ -77,7 +81,7 @@ def test_named_layers_and_restoration_on_error():
         return inputs.clone()
 
     with pytest.raises(RuntimeError, match="boom"):
-        check(failing, _x())
+        check(failing)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert model.training
 
@@ -85,12 +89,16 @@ def test_named_layers_and_restoration_on_error():
 def test_sanity_bad_inputs():
     model = _net()
     with pytest.raises(InvalidInputError, match="no layer named"):
-        RandomizationSanity(model, layer="fc9")
+        RandomizationSanity(model, _x(), layer="fc9")
     with pytest.raises(InvalidInputError, match="no parameters"):
-        RandomizationSanity(model, layer="2")
+        RandomizationSanity(model, _x(), layer="2")
     with pytest.raises(InvalidInputError, match="nn.Module"):
-        RandomizationSanity("model")
-    check = RandomizationSanity(model)
+        RandomizationSanity("model", _x())
+    with pytest.raises(InvalidInputError, match="out of range"):
+        RandomizationSanity(model, _x(), targets=3)
+    check = RandomizationSanity(model, _x())
     shapes = iter([(4, 16), (4, 8)])
     with pytest.raises(InvalidInputError, match="after randomisation"):
-        check(lambda i, t: torch.ones(next(shapes)), _x())
+        check(lambda i, t: torch.ones(next(shapes)))
+    with pytest.raises(InvalidInputError, match="explainer"):
+        check(torch.ones(4, 16))

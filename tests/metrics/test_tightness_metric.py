@@ -9,7 +9,7 @@ from torch import nn
 from evax.attribution.eva import EVA
 from evax.errors import InvalidInputError
 from evax.groups import grid
-from evax.metrics import Tightness
+from evax.metrics import Tightness, TightnessResult
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,8 +42,9 @@ def test_tighter_methods_score_lower_and_eva_agrees():
     x = torch.rand(5, 1, 4, 4, generator=g)
     metric = Tightness(net, x, eps=0.2)
     ibp, combo = metric("ibp", detailed=True), metric("ibp+forward+backward", detailed=True)
-    assert (combo["ao"] <= ibp["ao"] + 1e-5).all() and combo["mean"] < ibp["mean"]
-    assert combo["certified_robust"].dtype == torch.bool
+    assert (combo.scores <= ibp.scores + 1e-5).all() and combo.mean < ibp.mean
+    assert isinstance(combo, TightnessResult) and combo.method == "ibp+forward+backward"
+    assert combo.certified_robust.dtype == torch.bool and torch.equal(combo.certified_robust, combo.scores < 0)
     eva = EVA(net, eps=0.2, method="ibp+forward+backward", groups=grid(2))
     torch.testing.assert_close(metric(eva), eva.explain(x).ao)  # the first box of EVA
     # the true AO lies below every bound: check against sampled perturbations
@@ -54,7 +55,7 @@ def test_tighter_methods_score_lower_and_eva_agrees():
     sampled = (
         (z - zc).scatter(2, metric.targets.view(1, 5, 1).expand(200, 5, 1), float("-inf")).amax(2).amax(0)
     )
-    assert (sampled <= combo["ao"] + 1e-5).all()
+    assert (sampled <= combo.scores + 1e-5).all()
 
 
 def test_errors():
@@ -64,5 +65,9 @@ def test_errors():
         Tightness(model, x, eps=0.0)
     with pytest.raises(InvalidInputError, match="bound method"):
         Tightness(model, x)(3)
+    with pytest.raises(InvalidInputError, match="another model"):
+        Tightness(model, x)(EVA(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), eps=0.1, groups=grid(2)))
+    with pytest.raises(InvalidInputError, match="out of range"):
+        Tightness(model, x, targets=[0, 3])
     with pytest.raises(InvalidInputError, match="two outputs"):
         Tightness(nn.Sequential(nn.Flatten(), nn.Linear(4, 1)), x)

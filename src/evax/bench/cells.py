@@ -369,14 +369,15 @@ def _score_explanation(rec: dict, name: str, mcfg: dict, model, x, target, group
     its value, and its curves and capped count when it has them, into ``rec``."""
     cls = metric_class(mcfg.pop("cls"))
     metric = cls(model, x, target, groups=groups, seed=seed, progress=False, **mcfg)
-    out = metric(phi, detailed=True)
-    score = out["auc"] if "auc" in out else out["scores"]
-    rec["values"][name] = _finite(torch.as_tensor(score).flatten()[0])
-    if "curves" in out:
-        rec["extra"][f"{name}_curve"] = [float(v) for v in out["curves"][0]]
-        rec["extra"][f"{name}_fractions"] = [float(v) for v in out["fractions"]]
-    if "capped" in out:
-        rec["extra"][f"{name}_capped"] = int(torch.as_tensor(out["capped"]).sum())
+    out = metric(phi, detailed=True)  # a MetricResult (CurveResult, RobustnessResult...)
+    rec["values"][name] = _finite(out.scores.flatten()[0])
+    curves = getattr(out, "curves", None)
+    if curves is not None:
+        rec["extra"][f"{name}_curve"] = [float(v) for v in curves[0]]
+        rec["extra"][f"{name}_fractions"] = [float(v) for v in out.fractions]
+    capped = getattr(out, "capped", None)
+    if capped is not None:
+        rec["extra"][f"{name}_capped"] = int(capped.sum())
 
 
 def _perturbation(spec: dict):
@@ -417,12 +418,12 @@ def _infidelity_cell(cell: Cell, rec: dict) -> None:
             if name == "infd":
                 cls = metric_class("Infidelity")
                 pert = _perturbation(mcfg.pop("perturbation"))
-                metric = cls(model, pert, seed=cell.seed, progress=False, **mcfg)
-                val = metric(x, phi.to(x.dtype), target=target)
+                metric = cls(model, x, target, noise=pert, seed=cell.seed, progress=False, **mcfg)
+                val = metric(phi.to(x.dtype))
             elif name == "sens_max":
                 cls = metric_class("MaxSensitivity")
-                metric = cls(explainer.raw, model=model, seed=cell.seed, progress=False, **mcfg)
-                val = metric(x, target=target, explanations=phi.to(x.dtype))
+                metric = cls(model, x, target, seed=cell.seed, progress=False, **mcfg)
+                val = metric(explainer.raw, explanations=phi.to(x.dtype))
             else:
                 raise ValueError(f"unknown metric {name!r}")
             rec["values"][name] = _finite(torch.as_tensor(val).flatten()[0])
@@ -440,12 +441,12 @@ def _sanity_cell(cell: Cell, rec: dict) -> None:
     if not _todo(cell, rec):
         return
     explainer = Explainer(cfg["method"], model, cell.seed)
-    sanity = metric_class("RandomizationSanity")(model, layer=cfg.get("layer", "last"), seed=cell.seed)
+    sanity = metric_class("RandomizationSanity")(model, x, target, layer=cfg.get("layer", "last"), seed=cell.seed)
     t0 = time.perf_counter()
-    res = sanity.check(explainer.raw, x, target=target)
+    res = sanity(explainer.raw, detailed=True)
     rec["values"]["seconds"] = time.perf_counter() - t0
-    rec["values"]["spearman"] = _finite(res.spearman[0])
-    rec["values"]["spearman_abs"] = _finite(res.spearman_abs[0])
+    rec["values"]["spearman"] = _finite(res.scores[0])
+    rec["values"]["spearman_abs"] = _finite(res.scores_abs[0])
     rec["extra"]["layers"] = list(res.layers)
     rec["tensors"]["map"] = reduce_channels(res.original, "sum").float().cpu()
     rec["tensors"]["map_randomized"] = reduce_channels(res.randomized, "sum").float().cpu()
@@ -533,12 +534,13 @@ def _evaluate_cell(cell: Cell, rec: dict) -> None:
         try:
             if name == "infidelity":
                 pert = _perturbation(mcfg.pop("perturbation"))
-                metric = metric_class("Infidelity")(model, pert, seed=cell.seed, progress=False, **mcfg)
-                rec["values"][name] = _finite(torch.as_tensor(metric(x, raw.to(x.dtype), target=target)).flatten()[0])
+                metric = metric_class("Infidelity")(model, x, target, noise=pert, seed=cell.seed,
+                                                    progress=False, **mcfg)
+                rec["values"][name] = _finite(metric(raw.to(x.dtype)).flatten()[0])
             elif name == "sensitivity":
-                metric = metric_class("MaxSensitivity")(explainer.raw, model=model, seed=cell.seed, progress=False, **mcfg)
-                val = metric(x, target=target, explanations=raw.to(x.dtype))
-                rec["values"][name] = _finite(torch.as_tensor(val).flatten()[0])
+                metric = metric_class("MaxSensitivity")(model, x, target, seed=cell.seed, progress=False, **mcfg)
+                val = metric(explainer.raw, explanations=raw.to(x.dtype))
+                rec["values"][name] = _finite(val.flatten()[0])
             else:
                 _score_explanation(rec, name, mcfg, model, x, target, groups, cell.seed, phi)
         except Exception as exc:  # noqa: BLE001

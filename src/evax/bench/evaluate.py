@@ -119,7 +119,7 @@ def bound_methods(methods: list[str]) -> list[str]:
     return [m for m in methods if m in _BOUND_METHODS]
 
 
-_NOT_SETTINGS = {"self", "model", "inputs", "targets", "target", "explainer", "perturbation", "progress", "seed",
+_NOT_SETTINGS = {"self", "model", "inputs", "targets", "target", "explainer", "perturbation", "noise", "progress", "seed",
                  "groups", "kwargs", "args"}
 
 

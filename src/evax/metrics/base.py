@@ -1,24 +1,42 @@
-"""Common machinery of the explanation metrics (Xplique's shape: configured once, then called).
+"""The metric contract: metrics of explanations and metrics of explainers (Xplique's split).
 
-A metric is built once with the model, the inputs ``(N, C, H, W)`` or ``(N, D)``, their
-targets ``(N,)`` and its hyper-parameters -- everything random (baselines, subsets) is drawn
-there from a seeded ``torch.Generator``, so every explanation is scored against the *same*
-perturbations and the result depends neither on the batch size nor on the global RNG. It is
-then called with explanations::
+Every metric is configured once with the model, the inputs, their targets and its
+hyper-parameters -- ``Metric(model, inputs, targets=None, **hyper)`` -- and then called:
 
-    metric = Deletion(model, x, y, baseline="uniform", groups=evax.groups.grid(12))
-    scores = metric(explanations)                  # (N,) per-sample scores
-    out = metric(explanations, detailed=True)      # dict: "scores", "mean", curves...
+* a **metric of explanations** (:class:`ExplanationMetric`: Deletion, Insertion, MuFidelity,
+  RobustnessSr, Infidelity) scores given explanations of the inputs::
 
-``explanations`` is a tensor -- ``(N, H, W)``, ``(N, C, H, W)`` (channels reduced with
-``reduce``), ``(N, D)`` for flat inputs, or group scores ``(N, G)`` -- or any callable
-``explain(inputs, target) -> Tensor`` (an evax method, ``captum.attr.Saliency(model).attribute``...),
-which is called once on all the inputs.
+      metric = Deletion(model, x, y, baseline="uniform", groups=evax.groups.grid(12))
+      scores = metric(explanations)                  # (N,) per-sample scores
+      result = metric(explanations, detailed=True)   # CurveResult(scores, mean, curves, ...)
+
+  ``explanations`` is a tensor (its accepted shapes are the metric's: ``(N, H, W)``,
+  ``(N, C, H, W)``, ``(N, D)``...) or an explainer, which is then called once on all the
+  inputs and their targets;
+* a **metric of explainers** (:class:`ExplainerMetric`: MaxSensitivity, Tightness,
+  RandomizationSanity) needs to run the explainer itself (on perturbed inputs, on a
+  randomised model, over a ball)::
+
+      scores = MaxSensitivity(model, x, y, radius=0.2)(explainer)      # (N,)
+
+An *explainer* is anything :func:`evax.core.explainers.call_explainer` calls: an object with
+``.attribute(inputs, target)`` (evax methods, ``captum.attr.Saliency(model)``) or a callable
+``explain(inputs, target) -> Tensor`` (``captum.attr.Saliency(model).attribute``, a lambda).
+
+Both kinds return per-sample scores ``(N,)`` by default and, with ``detailed=True``, one
+frozen result dataclass per metric family: :class:`MetricResult` (``scores``, ``mean``) or a
+subclass adding the family's details (curves, ``beta``...). ``result.scores`` is exactly what
+the default call returns and ``result.mean`` its mean over the samples. Targets are resolved
+once, at construction (``None``: the model's predicted class); the inputs are copied, and
+everything random is drawn from the metric's own seeded generators, so every explanation or
+explainer is scored against the *same* perturbations.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,7 +44,7 @@ from torch import nn
 
 from evax.core.baselines import BaselineLike as BaselineLike
 from evax.core.baselines import make_baseline as make_baseline
-from evax.core.checks import check_inputs
+from evax.core.checks import check_inputs, check_tensor
 from evax.core.explainers import Explainer, call_explainer
 from evax.core.modes import eval_mode
 from evax.core.progress import progress_bar
@@ -36,19 +54,134 @@ from evax.core.targets import TargetLike, resolve_target
 from evax.core.variables import GroupsLike, Variables, flatten_inputs
 from evax.errors import InvalidInputError
 
+__all__ = [
+    "ExplainerMetric",
+    "ExplanationMetric",
+    "Metric",
+    "MetricResult",
+    "VariableMetric",
+    "mean_score",
+    "trapezoid_auc",
+]
+
 
 def trapezoid_auc(curves: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
     """Area under ``curves`` ``(N, K)`` sampled at ``fractions`` ``(K,)`` (trapezoid rule)."""
     return torch.trapezoid(curves, fractions.to(curves.dtype), dim=1)
 
 
-class Metric:
-    """Base class of the metrics: inputs, targets, variables, model scoring.
+def mean_score(scores: torch.Tensor) -> torch.Tensor:
+    """Mean of per-sample ``scores`` ``(N,)`` as a 0-d tensor; undefined (NaN) scores -- a
+    rank correlation of a constant explanation -- are left out."""
+    return torch.nanmean(scores if scores.is_floating_point() else scores.double())
+
+
+@dataclass(frozen=True, eq=False)
+class MetricResult:
+    """What ``metric(..., detailed=True)`` returns; metric families subclass it with details.
+
+    Attributes:
+        scores: ``(N,)`` per-sample scores, exactly the default return of the metric.
+        mean: 0-d tensor, the mean of ``scores`` (NaN scores left out, see :func:`mean_score`).
+    """
+
+    scores: torch.Tensor
+    mean: torch.Tensor
+
+
+class Metric(ABC):
+    """Root of the metrics: the model, the inputs and their resolved targets.
 
     Args:
-        model: classifier ``(M, ...) -> (M, K)`` logits; put in eval mode while scoring.
-        inputs: ``(N, C, H, W)`` or ``(N, D)``; never modified.
-        targets: explained classes ``(N,)`` (int, sequence or tensor); ``None`` = predicted.
+        model: classifier ``(M, *S) -> (M, K)`` logits; put in eval mode while scoring (its
+            modes are restored after).
+        inputs: ``(N, *S)`` floating-point inputs; copied, never modified.
+        targets: explained classes: an int, a sequence or a tensor ``(N,)``; ``None`` = the
+            model's predicted classes. Out-of-range classes raise :class:`InvalidInputError`.
+
+    Subclasses implement :meth:`compute` (the :class:`MetricResult` of one explanation or
+    explainer); ``metric(obj)`` returns ``compute(obj).scores`` and ``metric(obj,
+    detailed=True)`` the whole result.
+    """
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, targets: TargetLike = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise InvalidInputError(f"model must be an nn.Module, got {type(model).__name__}")
+        check_tensor(inputs)
+        if inputs.shape[0] == 0:
+            raise InvalidInputError("inputs: an empty batch (N = 0): pass at least one input")
+        self.model = model
+        self.inputs = inputs.detach().clone()
+        self.targets = resolve_target(model, self.inputs, targets)
+
+    @property
+    def n_inputs(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @abstractmethod
+    def compute(self, obj: Any) -> MetricResult:
+        """The :class:`MetricResult` of ``obj`` (explanations or an explainer)."""
+
+    def _result(self, result: MetricResult, detailed: bool) -> Any:
+        return result if detailed else result.scores
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(inputs={tuple(self.inputs.shape)})"
+
+
+class ExplanationMetric(Metric):
+    """A metric of explanations: ``metric(explanations, detailed=False)``.
+
+    ``explanations`` is a tensor of explanations of ``inputs`` or an explainer (called once,
+    in eval mode, on all the inputs and their targets).
+    """
+
+    def __call__(self, explanations: torch.Tensor | Explainer, detailed: bool = False) -> Any:
+        """Per-sample scores ``(N,)``; with ``detailed=True`` the metric's result dataclass."""
+        return self._result(self.compute(explanations), detailed)
+
+    def explain(self, explanations: torch.Tensor | Explainer) -> torch.Tensor:
+        """``explanations`` as a tensor: itself, or the explainer's output on the inputs."""
+        if isinstance(explanations, torch.Tensor):
+            return explanations
+        if not hasattr(explanations, "attribute") and not callable(explanations):
+            raise InvalidInputError(
+                "explanations must be a tensor or an explainer (an object with .attribute(inputs, target) "
+                f"or a callable explain(inputs, target)), got {type(explanations).__name__}"
+            )
+        with eval_mode(self.model):
+            return call_explainer(explanations, self.inputs, self.targets)
+
+
+class ExplainerMetric(Metric):
+    """A metric of explainers: ``metric(explainer, detailed=False)``; the metric runs the
+    explainer itself (on perturbed inputs, on a randomised model...)."""
+
+    def __call__(self, explainer: Explainer, detailed: bool = False) -> Any:
+        """Per-sample scores ``(N,)``; with ``detailed=True`` the metric's result dataclass."""
+        return self._result(self.compute(explainer), detailed)
+
+    @staticmethod
+    def check_explainer(explainer: Any) -> None:
+        if isinstance(explainer, torch.Tensor) or (not hasattr(explainer, "attribute") and not callable(explainer)):
+            raise InvalidInputError(
+                "explainer must be an object with .attribute(inputs, target) or a callable "
+                f"explain(inputs, target), got {type(explainer).__name__}"
+            )
+
+    def run_explainer(self, explainer: Explainer, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``explainer(inputs, targets)`` with the model in eval mode (modes restored after)."""
+        with eval_mode(self.model):
+            return call_explainer(explainer, inputs, targets)
+
+
+class VariableMetric(ExplanationMetric):
+    """Base of the metrics of explanations over *variables* (pixels / features or groups):
+    Deletion, Insertion, MuFidelity, RobustnessSr. The explanation is reduced to one score per
+    variable, ``(N, V)``, which :meth:`evaluate` turns into the metric's result.
+
+    Args:
+        model, inputs, targets: see :class:`Metric`; ``inputs`` are ``(N, C, H, W)`` or ``(N, D)``.
         activation: score of the explained class: ``"softmax"`` (default, App. F), ``None``
             (logit), ``"sigmoid"`` or a callable on the logits.
         groups: variables are pixels (``None``) or groups (see :mod:`evax.core.variables`).
@@ -61,6 +194,9 @@ class Metric:
         batch_size: model inputs per forward pass.
         seed: seed of the metric's own ``torch.Generator`` (nothing global is touched).
         progress: tqdm bar (``None``: only when stderr is a TTY).
+
+    Explanations: ``(N, H, W)``, ``(N, C, H, W)`` (channels reduced with ``reduce``), ``(N, D)``
+    for flat inputs, group scores ``(N, G)``, or an explainer.
     """
 
     def __init__(
@@ -79,9 +215,7 @@ class Metric:
         check_inputs(inputs)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
-        self.model = model
-        self.inputs = inputs.detach().clone()
-        self.targets = resolve_target(model, self.inputs, targets)
+        super().__init__(model, inputs, targets)
         self.variables = Variables(self.inputs, groups, reduce, group_reduce)
         self.score = score_function(activation)
         self.batch_size = batch_size
@@ -101,11 +235,8 @@ class Metric:
         return self.variables.n_vars
 
     def variable_scores(self, explanations: torch.Tensor | Explainer) -> torch.Tensor:
-        """``(N, V)`` scores of the variables from a tensor or an explainer callable."""
-        if callable(explanations) and not isinstance(explanations, torch.Tensor):
-            with eval_mode(self.model):
-                explanations = call_explainer(explanations, self.inputs, self.targets)
-        return self.variables.scores(explanations)
+        """``(N, V)`` scores of the variables from a tensor or an explainer."""
+        return self.variables.scores(self.explain(explanations))
 
     def ranking(self, var_scores: torch.Tensor, tie_break: torch.Tensor | None = None) -> torch.Tensor:
         """``rank (N, V)``: position of each variable when sorted by decreasing score (0 = most
@@ -146,12 +277,9 @@ class Metric:
                 out[j] = self.score(self.model(batch), self.targets[sample]).to(out.dtype)
         return out
 
-    def __call__(self, explanations: torch.Tensor | Explainer, detailed: bool = False) -> Any:
-        """Per-sample scores ``(N,)``; with ``detailed=True`` a dict with ``"scores"``, ``"mean"``
-        and the metric's curves."""
-        out = self.evaluate(self.variable_scores(explanations))
-        out["mean"] = out["scores"].mean()
-        return out if detailed else out["scores"]
+    def compute(self, obj: torch.Tensor | Explainer) -> MetricResult:
+        return self.evaluate(self.variable_scores(obj))
 
-    def evaluate(self, var_scores: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def evaluate(self, var_scores: torch.Tensor) -> MetricResult:
+        """The result from the ``(N, V)`` variable scores."""

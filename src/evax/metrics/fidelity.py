@@ -23,6 +23,7 @@ Everything is batched: all (sample, step) or (sample, subset) pairs go through t
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -31,15 +32,51 @@ from evax.core.baselines import BaselineLike, make_baseline
 from evax.core.targets import TargetLike
 from evax.core.variables import GroupsLike
 from evax.errors import InvalidInputError
-from evax.metrics.base import Metric, trapezoid_auc
+from evax.metrics.base import MetricResult, VariableMetric, mean_score, trapezoid_auc
 
 
-class _CausalFidelity(Metric):
+@dataclass(frozen=True, eq=False)
+class CurveResult(MetricResult):
+    """Detailed result of :class:`Deletion` / :class:`Insertion` for ``N`` inputs.
+
+    Attributes:
+        scores: ``(N,)`` area under each curve (the default return).
+        mean: mean of ``scores``.
+        curves: ``(N, K)`` score of the explained class after each step.
+        fractions: ``(K,)`` fraction of the variables removed (Deletion) or inserted
+            (Insertion) at each step, the curves' abscissa.
+        counts: ``(K,)`` the number of variables behind each fraction.
+    """
+
+    curves: torch.Tensor
+    fractions: torch.Tensor
+    counts: torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class MuFidelityResult(MetricResult):
+    """Detailed result of :class:`MuFidelity` for ``N`` inputs and ``S`` subsets of ``V`` variables.
+
+    Attributes:
+        scores: ``(N,)`` Pearson correlations (the default return); mean: their mean.
+        attribution_sums: ``(N, S)`` explanation summed over each subset.
+        drops: ``(N, S)`` ``f(x) - f(x_[x_u = x0])`` for each subset.
+        subsets: ``(N, S, V)`` bool, the subsets.
+        degenerate: ``(N,)`` bool, undefined correlations (reported as 0).
+    """
+
+    attribution_sums: torch.Tensor
+    drops: torch.Tensor
+    subsets: torch.Tensor
+    degenerate: torch.Tensor
+
+
+class _CausalFidelity(VariableMetric):
     """Deletion / Insertion; see the module docstring.
 
     Args:
         model, inputs, targets, activation, groups, reduce, group_reduce, batch_size, seed,
-        progress: see :class:`evax.metrics.base.Metric`.
+        progress: see :class:`evax.metrics.base.VariableMetric`.
         baseline: ``"uniform"`` (default), a number, a tensor or a callable (see
             :func:`evax.core.baselines.make_baseline`).
         steps: number of removal steps: the curve has ``steps + 1`` points at
@@ -50,6 +87,11 @@ class _CausalFidelity(Metric):
         tie_break: ``"random"`` (default): variables with equal scores are ranked in a random
             order drawn once from the seed, so a flat explanation gets no raster-order bias;
             ``"index"``: by index.
+
+    ``metric(explanations)`` -> ``(N,)`` areas under the curves; ``metric(explanations,
+    detailed=True)`` -> :class:`CurveResult` (``scores``, ``mean``, ``curves`` ``(N, K)``,
+    ``fractions`` ``(K,)``, ``counts`` ``(K,)``). ``explanations``: ``(N, H, W)``,
+    ``(N, C, H, W)``, ``(N, D)``, group scores ``(N, G)``, or an explainer.
     """
 
     _insertion = False
@@ -91,7 +133,7 @@ class _CausalFidelity(Metric):
             else None
         )
 
-    def evaluate(self, var_scores: torch.Tensor) -> dict[str, torch.Tensor]:
+    def evaluate(self, var_scores: torch.Tensor) -> CurveResult:
         rank = self.ranking(var_scores, self.tie_break)  # (N, V)
         n, k = rank.shape[0], self.counts.shape[0]
 
@@ -103,7 +145,7 @@ class _CausalFidelity(Metric):
         name = "insertion" if self._insertion else "deletion"
         curves = self.perturbed_scores(n * k, item, self.baseline, desc=name).view(n, k)
         auc = trapezoid_auc(curves, self.fractions)
-        return {"scores": auc, "auc": auc, "curves": curves, "fractions": self.fractions, "counts": self.counts}
+        return CurveResult(auc, mean_score(auc), curves, self.fractions, self.counts)
 
 
 class Deletion(_CausalFidelity):
@@ -122,7 +164,7 @@ class Insertion(_CausalFidelity):
     _insertion = True
 
 
-class MuFidelity(Metric):
+class MuFidelity(VariableMetric):
     """muFidelity (Bhatt et al. 2020; EVA paper App. F), higher is better.
 
     For ``S`` random subsets ``u`` of ``round(subset_fraction * V)`` variables (drawn once per
@@ -131,17 +173,18 @@ class MuFidelity(Metric):
         muFidelity(x) = Corr_u( sum_{i in u} g(x)_i , f(x) - f(x_[x_u = x0]) )
 
     (Pearson correlation over the subsets). A constant explanation, or a model whose score does
-    not move, has an undefined correlation: it is reported as 0 and flagged in
-    ``detailed["degenerate"]``.
+    not move, has an undefined correlation: it is reported as 0 and flagged in the detailed
+    result's ``degenerate``.
 
     Args:
         baseline: as :class:`Deletion` (default ``"uniform"``).
         subset_fraction: ``|u| / V`` (the paper: 0.2).
         n_subsets: ``S`` (default 200, as Xplique).
-        other args: see :class:`evax.metrics.base.Metric`.
+        other args: see :class:`evax.metrics.base.VariableMetric`.
 
-    ``metric(explanations, detailed=True)`` -> ``{"scores" (N,), "mean", "attribution_sums"
-    (N, S), "drops" (N, S), "subsets" (N, S, V) bool, "degenerate" (N,) bool}``.
+    ``metric(explanations)`` -> ``(N,)`` correlations; ``metric(explanations, detailed=True)``
+    -> :class:`MuFidelityResult` (``scores``, ``mean``, ``attribution_sums`` ``(N, S)``,
+    ``drops`` ``(N, S)``, ``subsets`` ``(N, S, V)`` bool, ``degenerate`` ``(N,)`` bool).
     """
 
     def __init__(
@@ -191,7 +234,7 @@ class MuFidelity(Metric):
             self._drops = full.unsqueeze(1) - removed
         return self._drops
 
-    def evaluate(self, var_scores: torch.Tensor) -> dict[str, torch.Tensor]:
+    def evaluate(self, var_scores: torch.Tensor) -> MuFidelityResult:
         drops = self.drops().to(var_scores.dtype)
         sums = torch.einsum("nsv,nv->ns", self.subsets.to(var_scores.dtype), var_scores)
         a = sums - sums.mean(dim=1, keepdim=True)
@@ -203,10 +246,4 @@ class MuFidelity(Metric):
         tiny = torch.finfo(var_scores.dtype).eps * 8
         degenerate = (a.abs().amax(dim=1) <= tiny * scale_a) | (b.abs().amax(dim=1) <= tiny * scale_b)
         corr = torch.where(degenerate, torch.zeros_like(denom), (a * b).sum(dim=1) / denom.clamp_min(1e-30))
-        return {
-            "scores": corr,
-            "attribution_sums": sums,
-            "drops": drops,
-            "subsets": self.subsets,
-            "degenerate": degenerate,
-        }
+        return MuFidelityResult(corr, mean_score(corr), sums, drops, self.subsets, degenerate)

@@ -4,18 +4,19 @@ Yeh et al. 2019, "On the (In)fidelity and Sensitivity of Explanations".
 Both are Monte-Carlo estimates streamed in chunks of at most ``batch_size`` model inputs: only
 per-input sufficient statistics (sums) or running maxima are kept, never all the samples, so
 memory does not grow with ``n_samples``. Every random draw comes from a ``torch.Generator``
-seeded by ``seed`` on each call -- two explanations scored by the same metric object are
-scored against *the same* perturbations (paired comparisons), and nothing global is seeded.
+seeded by ``seed`` on each call -- two explanations (or explainers) scored by the same metric
+object are scored against *the same* perturbations (paired comparisons), and nothing global is
+seeded.
 The ``n`` draws are shared by all the inputs (common random numbers, ``sample(...,
 shared=True)``) and made in fixed draw blocks (:class:`evax.core.streaming.Draws`): an input's
 score depends on ``(seed, n_samples)`` but neither on ``batch_size`` (up to float summation
 order) nor on the other inputs of the batch. With ``n_samples <= 1024`` the draws are exactly
-those of ``perturbation.sample(inputs, n_samples, torch.Generator().manual_seed(seed),
+those of ``noise.sample(inputs, n_samples, torch.Generator().manual_seed(seed),
 shared=True)``.
 
 Explanation shapes: ``(N, *S)`` like the inputs; for images ``(N, C, H, W)`` also ``(N, H, W)``
 or ``(N, 1, H, W)`` -- a channel-reduced explanation scores every channel of its pixel alike
-(it is broadcast over the channels). A perturbation whose ``I`` is a channel-shared mask
+(it is broadcast over the channels). A noise distribution whose ``I`` is a channel-shared mask
 (``indicator=True``) is dotted with ``sum_c Phi[c]``, the channel sum of a global explanation.
 """
 
@@ -23,23 +24,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from evax.core.checks import check_positive_float, check_positive_int, check_tensor
-from evax.core.explainers import Explainer, call_explainer, find_model
+from evax.core.checks import check_positive_float, check_positive_int
+from evax.core.explainers import Explainer
 from evax.core.modes import eval_mode
-from evax.core.noise import NoiseDistribution, UniformNoise
+from evax.core.noise import NoiseDistribution, NoisyBaseline, UniformNoise
 from evax.core.progress import progress_bar
 from evax.core.random import check_seed
 from evax.core.scores import ActivationLike, score_function
 from evax.core.streaming import Draws, blocks, n_draws, steps
-from evax.core.targets import TargetLike, resolve_target
+from evax.core.targets import TargetLike
 from evax.errors import InvalidInputError
+from evax.metrics.base import ExplainerMetric, ExplanationMetric, MetricResult, mean_score
 
-__all__ = ["Infidelity", "MaxSensitivity"]
+__all__ = ["Infidelity", "InfidelityResult", "MaxSensitivity", "SensitivityResult"]
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -98,12 +101,28 @@ def dot_perturbations(pert: torch.Tensor, expl: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- Infidelity
 
 
-class Infidelity:
+@dataclass(frozen=True, eq=False)
+class InfidelityResult(MetricResult):
+    """Detailed result of :class:`Infidelity` for ``N`` inputs.
+
+    Attributes:
+        scores: ``(N,)`` float64 infidelity (the default return); mean: their mean.
+        beta: ``(N,)`` the optimal rescaling ``S_ab / S_aa`` (1 when ``normalize=False``).
+        unscaled: ``(N,)`` Eq. 1 without ``beta``.
+        n_samples: the number of perturbations each input was scored on.
+    """
+
+    beta: torch.Tensor
+    unscaled: torch.Tensor
+    n_samples: int
+
+
+class Infidelity(ExplanationMetric):
     """Explanation infidelity (Def. 2.1, Eq. 1)::
 
         INFD(Phi, f, x) = E_{I ~ mu_I} [ (I^T Phi(f, x) - (f(x) - f(x - I)))^2 ]
 
-    estimated with ``n_samples`` draws ``(I_j, x~_j)`` of ``perturbation`` (``x~_j`` replaces
+    estimated with ``n_samples`` draws ``(I_j, x~_j)`` of the noise distribution ``noise`` (``x~_j`` replaces
     ``x - I_j``, see :mod:`evax.core.noise`). With ``a_j = I_j^T Phi`` and
     ``b_j = f(x) - f(x~_j)`` the streamed sufficient statistics are ``S_aa = sum a^2``,
     ``S_ab = sum a b``, ``S_bb = sum b^2`` (float64). ``normalize=True`` (the authors' evaluation
@@ -117,9 +136,12 @@ class Infidelity:
 
     Args:
         model: classifier ``(M, *S) -> (M, K)``; put in eval mode while scoring, restored after.
-        perturbation: a :class:`~evax.core.noise.NoiseDistribution` (``NoisyBaseline`` for
-            local explanations, ``SquareRemoval`` for global ones in the paper).
-        n_samples: Monte-Carlo draws per input (>= 2; default 1000). Exhaustive perturbations
+        inputs: ``(N, *S)``, copied; ``targets``: ``(N,)`` or ``None`` (the predicted classes).
+        noise: the noise distribution ``mu_I``, a :class:`~evax.core.noise.NoiseDistribution` (default
+            ``NoisyBaseline(0.2)``: the paper's local setting, without clipping; the paper
+            clips to the pixel domain, ``NoisyBaseline(0.2, clip=(0, 1))``, and uses
+            ``SquareRemoval`` for global explanations).
+        n_samples: Monte-Carlo draws per input (>= 2; ``None``: 1000). Exhaustive perturbations
             enumerate all their items: leave it ``None``.
         normalize: rescale by the optimal ``beta`` first (default, as the paper's tables).
         activation: ``f`` from the logits: ``None`` (the logit, default), ``"softmax"``, ...
@@ -127,18 +149,19 @@ class Infidelity:
         seed: seed of the generator created on every call.
         progress: tqdm bar (``None``: only when stderr is a TTY).
 
-    Call ``metric(inputs, explanations, target=None)`` -> ``(N,)`` scores (float64), or with
-    ``detailed=True`` a dict with ``"scores"``, ``"mean"``, ``"beta"`` ``(N,)`` (1 when not
-    normalised), ``"unscaled"`` (Eq. 1 without ``beta``) and ``"n_samples"``.
-    ``explanations`` is a tensor, an explainer (``.attribute(inputs, target)`` or a callable), or
-    a list / dict of those: all are then scored on the *same* model evaluations (one pass) and a
-    list / dict of results comes back.
+    ``metric(explanations)`` -> ``(N,)`` scores (float64); ``detailed=True`` ->
+    :class:`InfidelityResult` (``scores``, ``mean``, ``beta``, ``unscaled``, ``n_samples``).
+    ``explanations`` is a tensor (see :func:`check_explanation` for the shapes), an explainer,
+    or a list / dict of those: all are then scored on the *same* model evaluations (one pass)
+    and a list / dict of results comes back.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        perturbation: NoiseDistribution,
+        inputs: torch.Tensor,
+        targets: TargetLike = None,
+        noise: NoiseDistribution | None = None,
         n_samples: int | None = None,
         normalize: bool = True,
         activation: ActivationLike = None,
@@ -146,66 +169,60 @@ class Infidelity:
         seed: int = 0,
         progress: bool | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise InvalidInputError(f"model must be an nn.Module, got {type(model).__name__}")
-        if not isinstance(perturbation, NoiseDistribution):
+        if noise is None:
+            noise = NoisyBaseline(0.2)
+        if not isinstance(noise, NoiseDistribution):
             raise InvalidInputError(
-                f"perturbation must be an evax.metrics noise distribution (GaussianNoise, NoisyBaseline, "
-                f"SquareRemoval, ...), got {type(perturbation).__name__}"
+                f"noise must be an evax.metrics noise distribution (GaussianNoise, NoisyBaseline, "
+                f"SquareRemoval, ...), got {type(noise).__name__}"
             )
         if n_samples is not None:
             check_positive_int(n_samples, "n_samples", minimum=2)
-        self.model = model
-        self.perturbation = perturbation
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        check_seed(seed)
+        super().__init__(model, inputs, targets)
+        self.noise = noise
         self.n_samples = n_samples
         self.normalize = bool(normalize)
         self.score = score_function(activation)
-        self.batch_size = check_positive_int(batch_size, "batch_size")
         self.seed = seed
-        check_seed(seed)
         self.progress = progress
 
-    def __call__(
-        self,
-        inputs: torch.Tensor,
-        explanations: Any,
-        target: TargetLike = None,
-        detailed: bool = False,
-    ) -> Any:
-        check_tensor(inputs)
-        x = inputs.detach()
-        targets = resolve_target(self.model, x, target)
+    def __call__(self, explanations: Any, detailed: bool = False) -> Any:
+        """Per-sample scores ``(N,)`` (or :class:`InfidelityResult` with ``detailed=True``) of
+        ``explanations``; a list / dict of explanations gives a list / dict of those."""
         names: list[Any]
         if isinstance(explanations, Mapping):
             names, items = list(explanations.keys()), list(explanations.values())
         elif isinstance(explanations, Sequence) and not isinstance(explanations, (str, torch.Tensor)):
             names, items = list(range(len(explanations))), list(explanations)
         else:
-            names, items = [None], [explanations]
+            return self._result(self.compute(explanations), detailed)
         if not items:
             raise InvalidInputError("no explanation to score")
-        expls = []
-        for name, e in zip(names, items, strict=True):
-            if not isinstance(e, torch.Tensor):
-                with eval_mode(self.model):
-                    e = call_explainer(e, x, targets)
-            label = "explanations" if name is None else f"explanation {name!r}"
-            expls.append(check_explanation(e, x, label))
-        stats = self._statistics(x, targets, expls)  # (E, N, 4)
-        results = [self._finish(s, detailed) for s in stats]
-        if names == [None]:
-            return results[0]
+        results = [self._result(r, detailed) for r in self._compute_all(names, items)]
         if isinstance(explanations, Mapping):
             return dict(zip(names, results, strict=True))
         return results
 
+    def compute(self, obj: Any) -> InfidelityResult:
+        return self._compute_all([None], [obj])[0]
+
+    def _compute_all(self, names: list[Any], items: list[Any]) -> list[InfidelityResult]:
+        expls = []
+        for name, e in zip(names, items, strict=True):
+            label = "explanations" if name is None else f"explanation {name!r}"
+            expls.append(check_explanation(self.explain(e), self.inputs, label))
+        stats = self._statistics(self.inputs, self.targets, expls)  # (E, N, 4)
+        return [self._finish(s) for s in stats]
+
     @torch.no_grad()
     def _statistics(self, x: torch.Tensor, targets: torch.Tensor, expls: list[torch.Tensor]) -> torch.Tensor:
         n_in = x.shape[0]
-        n = n_draws(self.n_samples, self.perturbation, x, default=1000)
+        n = n_draws(self.n_samples, self.noise, x, default=1000)
         self._last_n = n
         per_block, per_chunk = blocks(n_in, n, self.batch_size)
-        draws = Draws(self.perturbation, self.seed)  # the same draws for every block of inputs
+        draws = Draws(self.noise, self.seed)  # the same draws for every block of inputs
         stats = torch.zeros(len(expls), n_in, 4, dtype=torch.float64, device=x.device)
         plan = steps(n_in, n, per_block, per_chunk)
         with eval_mode(self.model):
@@ -231,7 +248,7 @@ class Infidelity:
                     s[:, 3] += ((a - diff) ** 2).sum(1)
         return stats
 
-    def _finish(self, s: torch.Tensor, detailed: bool) -> Any:
+    def _finish(self, s: torch.Tensor) -> InfidelityResult:
         n = self._last_n
         s_aa, s_ab, s_bb, s_dd = s.unbind(1)
         unscaled = s_dd / n
@@ -241,9 +258,7 @@ class Infidelity:
         else:
             beta = torch.ones_like(s_ab)
             scores = unscaled
-        if not detailed:
-            return scores
-        return {"scores": scores, "mean": scores.mean(), "beta": beta, "unscaled": unscaled, "n_samples": n}
+        return InfidelityResult(scores, mean_score(scores), beta=beta, unscaled=unscaled, n_samples=n)
 
 
 # --------------------------------------------------------------------------- MaxSensitivity
@@ -252,95 +267,97 @@ class Infidelity:
 _NORMS = {"fro": 2.0, "2": 2.0, 2: 2.0, "inf": math.inf, math.inf: math.inf, 1: 1.0, "1": 1.0}
 
 
-class MaxSensitivity:
-    """Max-sensitivity of an explanation (Def. 3.1), relative to the explanation's norm::
+@dataclass(frozen=True, eq=False)
+class SensitivityResult(MetricResult):
+    """Detailed result of :class:`MaxSensitivity` for ``N`` inputs.
+
+    Attributes:
+        scores: ``(N,)`` float64 max-sensitivity (the default return); mean: their mean.
+        argmax: ``(N,)`` index of the perturbed point that reached the max.
+    """
+
+    argmax: torch.Tensor
+
+
+class MaxSensitivity(ExplainerMetric):
+    """Max-sensitivity of an explainer (Def. 3.1), relative to the explanation's norm::
 
         SENS_MAX(Phi, f, x, r) = max_{||y - x||_inf <= r} ||Phi(f, y) - Phi(f, x)|| / ||Phi(f, x)||
 
     estimated by Monte Carlo: the max over ``n_samples`` points ``y`` drawn uniformly in the
     L-inf ball of radius ``r`` (the reference code and Captum's ``sensitivity_max``, which also
     divide by ``||Phi(x)||``; a zero explanation divides by 1 instead). The explained class is
-    held fixed at ``target`` (default: the prediction at the clean ``x``) for every ``y``.
-    The estimate is a lower bound of the true max that grows with ``n_samples``. The points'
-    offsets ``y - x`` are shared by all the inputs (as :class:`Infidelity`'s draws).
+    held fixed at the target of ``x`` for every ``y``. The estimate is a lower bound of the
+    true max that grows with ``n_samples``. The points' offsets ``y - x`` are shared by all
+    the inputs (as :class:`Infidelity`'s draws).
 
     Args:
-        explainer: any explainer: an object with ``.attribute(inputs, target)`` (evax, Captum)
-            or a callable ``explain(inputs, target)``. It is called on up to ``batch_size``
-            perturbed inputs at a time.
+        model: the explained classifier (in eval mode while the explainer runs).
+        inputs: ``(N, *S)``, copied; ``targets``: ``(N,)`` or ``None`` (the predicted classes).
         radius: ``r`` (the paper: 0.2 for local, 0.1 for global explanations).
         n_samples: points ``y`` per input (>= 2; the paper: 50).
         norm: ``"fro"`` (= L2 of the flattened map, default), ``"inf"`` or ``1``.
         relative: divide by ``||Phi(x)||`` (default, as the paper); ``False``: absolute change.
-        perturbation: the sampler of ``y = x~`` (default ``UniformNoise(radius)``, the L-inf
+        noise: the sampler of ``y = x~`` (default ``UniformNoise(radius)``, the L-inf
             ball); any :class:`~evax.core.noise.NoiseDistribution` can replace it.
-        model: the model (to resolve ``target=None``) when the explainer does not expose it.
-        batch_size: inputs per explainer call.
+        batch_size: perturbed inputs per explainer call.
         seed: seed of the generator created on every call.
         progress: tqdm bar (``None``: only when stderr is a TTY).
 
-    Call ``metric(inputs, target=None, explanations=None)`` -> ``(N,)``; ``explanations`` may
-    pass ``Phi(x)`` when already computed. ``detailed=True`` adds ``"mean"`` and ``"argmax"``
-    (the index of the worst sample).
+    ``metric(explainer)`` -> ``(N,)`` (float64); ``detailed=True`` -> :class:`SensitivityResult`
+    (``scores``, ``mean``, ``argmax``). The explainer (an object with ``.attribute(inputs,
+    target)`` -- evax, Captum -- or a callable ``explain(inputs, target)``) is called on up to
+    ``batch_size`` perturbed inputs at a time; ``explanations=`` may pass its explanations
+    ``Phi(x)`` ``(N, ...)`` of the clean inputs when already computed.
     """
 
     def __init__(
         self,
-        explainer: Explainer,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        targets: TargetLike = None,
         radius: float = 0.2,
         n_samples: int = 50,
         norm: str | float = "fro",
         relative: bool = True,
-        perturbation: NoiseDistribution | None = None,
-        model: nn.Module | None = None,
+        noise: NoiseDistribution | None = None,
         batch_size: int = 256,
         seed: int = 0,
         progress: bool | None = None,
     ) -> None:
-        if not hasattr(explainer, "attribute") and not callable(explainer):
-            raise InvalidInputError(
-                f"explainer must have .attribute(inputs, target) or be a callable, got {type(explainer).__name__}"
-            )
-        self.explainer = explainer
         self.radius = check_positive_float(radius, "radius")
         self.n_samples = check_positive_int(n_samples, "n_samples", minimum=2)
         if norm not in _NORMS:
             raise InvalidInputError(f"unknown norm {norm!r}: use 'fro' (L2), 'inf' or 1")
         self.ord = _NORMS[norm]
         self.relative = bool(relative)
-        if perturbation is not None and not isinstance(perturbation, NoiseDistribution):
+        if noise is not None and not isinstance(noise, NoiseDistribution):
             raise InvalidInputError(
-                f"perturbation must be a noise distribution (evax.metrics.UniformNoise...), "
-                f"got {type(perturbation).__name__}"
+                f"noise must be a noise distribution (evax.metrics.UniformNoise...), got {type(noise).__name__}"
             )
-        self.perturbation = perturbation if perturbation is not None else UniformNoise(self.radius)
-        self.model = model if model is not None else find_model(explainer)
+        self.noise = noise if noise is not None else UniformNoise(self.radius)
         self.batch_size = check_positive_int(batch_size, "batch_size")
         check_seed(seed)
+        super().__init__(model, inputs, targets)
         self.seed = seed
         self.progress = progress
 
     def _norm(self, v: torch.Tensor) -> torch.Tensor:
         return torch.linalg.vector_norm(v.flatten(1).to(torch.float64), ord=self.ord, dim=1)
 
-    def _explain(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.model is not None:
-            with eval_mode(self.model):
-                return call_explainer(self.explainer, inputs, targets)
-        return call_explainer(self.explainer, inputs, targets)
-
     def __call__(
-        self,
-        inputs: torch.Tensor,
-        target: TargetLike = None,
-        explanations: torch.Tensor | None = None,
-        detailed: bool = False,
+        self, explainer: Explainer, detailed: bool = False, *, explanations: torch.Tensor | None = None
     ) -> Any:
-        check_tensor(inputs)
-        x = inputs.detach()
+        """Per-sample max-sensitivity ``(N,)`` of ``explainer`` (or :class:`SensitivityResult`
+        with ``detailed=True``); ``explanations``: its explanations of the clean inputs, when
+        already computed."""
+        return self._result(self.compute(explainer, explanations), detailed)
+
+    def compute(self, obj: Explainer, explanations: torch.Tensor | None = None) -> SensitivityResult:
+        self.check_explainer(obj)
+        x, targets = self.inputs, self.targets
         n_in = x.shape[0]
-        targets = resolve_target(self.model, x, target)
-        base = explanations if explanations is not None else self._explain(x, targets)
+        base = explanations if explanations is not None else self.run_explainer(obj, x, targets)
         if not isinstance(base, torch.Tensor) or base.shape[0] != n_in:
             raise InvalidInputError(
                 f"the explanations must be a tensor with {n_in} rows, got "
@@ -353,7 +370,7 @@ class MaxSensitivity:
         denom = torch.where(denom == 0, torch.ones_like(denom), denom)
         n = self.n_samples
         per_block, per_chunk = blocks(n_in, n, self.batch_size)
-        draws = Draws(self.perturbation, self.seed)  # the same draws for every block of inputs
+        draws = Draws(self.noise, self.seed)  # the same draws for every block of inputs
         best = torch.full((n_in,), -math.inf, dtype=torch.float64, device=x.device)
         arg = torch.zeros(n_in, dtype=torch.long, device=x.device)
         plan = steps(n_in, n, per_block, per_chunk)
@@ -361,7 +378,7 @@ class MaxSensitivity:
             xb, k, i, j = x[step.inputs], step.count, step.start, step.offset
             b = xb.shape[0]
             _, y = draws.sample(xb, j, k, n)
-            ey = self._explain(y.reshape(b * k, *x.shape[1:]), targets[i : i + b].repeat_interleave(k))
+            ey = self.run_explainer(obj, y.reshape(b * k, *x.shape[1:]), targets[i : i + b].repeat_interleave(k))
             if not torch.isfinite(ey).all():
                 raise InvalidInputError("the explainer returned NaN or inf on a perturbed input")
             if ey.shape != (b * k, *base.shape[1:]):
@@ -375,6 +392,4 @@ class MaxSensitivity:
             better = m > best[i : i + b]
             best[i : i + b] = torch.where(better, m, best[i : i + b])
             arg[i : i + b] = torch.where(better, am + j, arg[i : i + b])
-        if not detailed:
-            return best
-        return {"scores": best, "mean": best.mean(), "argmax": arg}
+        return SensitivityResult(best, mean_score(best), argmax=arg)

@@ -18,7 +18,7 @@ improved for 10 steps), domain ``[0, 1]``, search from radius 10 with tolerance 
 
 **Cap policy** (see :mod:`evax.core.attacks`): where the attack fails even at the top of the
 range -- the radius of the ball that covers the whole domain box of the free variables, or
-``max_radius`` -- the distance is that top radius and ``detailed["capped"]`` says so; a warning
+``max_radius`` -- the distance is that top radius and the detailed result's ``capped`` says so; a warning
 counts them. Nothing is returned as ``inf``.
 
 The AUC is in the units of the distances (L2 in input space) times a fraction, so it differs
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -39,10 +40,34 @@ from evax.core.modes import eval_mode
 from evax.core.targets import TargetLike
 from evax.core.variables import GroupsLike, flatten_inputs
 from evax.errors import InvalidInputError
-from evax.metrics.base import Explainer, Metric, trapezoid_auc
+from evax.metrics.base import MetricResult, VariableMetric, mean_score, trapezoid_auc
 
 
-class RobustnessSr(Metric):
+@dataclass(frozen=True, eq=False)
+class RobustnessResult(MetricResult):
+    """Detailed result of :class:`RobustnessSr` for ``N`` inputs and ``K`` steps.
+
+    Attributes:
+        scores: ``(N,)`` area under the distance curves (the default return); mean: their mean.
+        distances: ``(N, K)`` estimated minimal L2 adversarial distance at each step.
+        fractions: ``(K,)`` fraction of the variables set free at each step; ``counts``: ``(K,)``
+            their number.
+        capped: ``(N, K)`` bool, no adversarial example found up to the top of the search range
+            (the distance is then ``cap``); cap: ``(N, K)`` that top radius.
+        converged: ``(N, K)`` bool, the radius search met its tolerance.
+        budget: the attack's settings.
+    """
+
+    distances: torch.Tensor
+    fractions: torch.Tensor
+    counts: torch.Tensor
+    capped: torch.Tensor
+    cap: torch.Tensor
+    converged: torch.Tensor
+    budget: dict
+
+
+class RobustnessSr(VariableMetric):
     """Robustness-S_r; see the module docstring.
 
     Args:
@@ -63,11 +88,13 @@ class RobustnessSr(Metric):
             within 0.1 % on MNIST and CIFAR-10, 1.8x / 1.4x faster.
         tie_break: ``"random"`` (default; equal scores ranked in a random order drawn once
             from the seed, so a flat explanation gets no raster-order bias) or ``"index"``.
-        reduce, group_reduce, batch_size, seed, progress: see :class:`evax.metrics.base.Metric`.
+        reduce, group_reduce, batch_size, seed, progress: see
+            :class:`evax.metrics.base.VariableMetric`.
 
-    ``metric(explanations)`` -> AUC per sample ``(N,)``; ``detailed=True`` -> ``{"auc" (N,),
-    "scores" (= auc), "mean", "distances" (N, K), "fractions" (K,), "counts" (K,),
-    "capped" (N, K) bool, "cap" (N, K), "converged" (N, K) bool, "budget" (dict)}``.
+    ``metric(explanations)`` -> AUC per sample ``(N,)``; ``detailed=True`` ->
+    :class:`RobustnessResult` (``scores``, ``mean``, ``distances`` ``(N, K)``, ``fractions``
+    ``(K,)``, ``counts`` ``(K,)``, ``capped`` ``(N, K)`` bool, ``cap`` ``(N, K)``,
+    ``converged`` ``(N, K)`` bool, ``budget``). ``explanations``: as :class:`Deletion`.
     """
 
     def __init__(
@@ -144,10 +171,7 @@ class RobustnessSr(Metric):
             "patience": patience,
         }
 
-    def __call__(self, explanations: torch.Tensor | Explainer, detailed: bool = False) -> dict | torch.Tensor:
-        return super().__call__(explanations, detailed)
-
-    def evaluate(self, var_scores: torch.Tensor) -> dict[str, torch.Tensor]:
+    def evaluate(self, var_scores: torch.Tensor) -> RobustnessResult:
         rank = self.ranking(var_scores, self.tie_break)  # (N, V)
         n, k = rank.shape[0], self.counts.shape[0]
         sample = torch.arange(n, device=rank.device).repeat_interleave(k)
@@ -184,18 +208,18 @@ class RobustnessSr(Metric):
             warnings.warn(
                 f"Robustness-S_r: no adversarial example found up to the top of the search range for "
                 f"{int(capped.sum())} of {n * k} (sample, step) pairs; their distance is capped at "
-                "that radius (see detailed['capped'])",
+                "that radius (see the detailed result's capped)",
                 stacklevel=3,
             )
         auc = trapezoid_auc(distances, self.fractions) if k > 1 else distances[:, 0] * self.fractions[0]
-        return {
-            "auc": auc,
-            "scores": auc,
-            "distances": distances,
-            "fractions": self.fractions,
-            "counts": self.counts,
-            "capped": capped,
-            "cap": res.cap.view(n, k),
-            "converged": res.converged.view(n, k),
-            "budget": self.budget,  # type: ignore[dict-item]
-        }
+        return RobustnessResult(
+            auc,
+            mean_score(auc),
+            distances=distances,
+            fractions=self.fractions,
+            counts=self.counts,
+            capped=capped,
+            cap=res.cap.view(n, k),
+            converged=res.converged.view(n, k),
+            budget=dict(self.budget),
+        )

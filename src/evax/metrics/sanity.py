@@ -9,6 +9,11 @@ explainer works -- evax, Captum, a closure), from the metric's own ``torch.Gener
 (PyTorch's default ``nn.Linear`` / ``nn.Conv*`` initialisation: ``U(-1/sqrt(fan_in),
 1/sqrt(fan_in))`` for weight and bias; nothing global is seeded), and the original parameters
 are restored afterwards, even on error.
+
+A metric of explainers: ``RandomizationSanity(model, inputs, targets=None, layer="last",
+seed=0)(explainer)`` -> the per-sample Spearman correlation ``(N,)`` of the signed
+explanations; ``detailed=True`` -> :class:`SanityResult` (with the correlation of the absolute
+values and both explanations).
 """
 
 from __future__ import annotations
@@ -20,12 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from evax.core.checks import check_tensor
-from evax.core.explainers import call_explainer
-from evax.core.modes import eval_mode
+from evax.core.explainers import Explainer
 from evax.core.random import check_seed, generator
-from evax.core.targets import TargetLike, resolve_target
+from evax.core.targets import TargetLike
 from evax.errors import InvalidInputError
+from evax.metrics.base import ExplainerMetric, MetricResult, mean_score
 
 __all__ = ["RandomizationSanity", "SanityResult", "spearman"]
 
@@ -52,56 +56,49 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(rho)
 
 
-@dataclass
-class SanityResult:
-    """Outcome of :class:`RandomizationSanity` for ``N`` inputs.
+@dataclass(frozen=True, eq=False)
+class SanityResult(MetricResult):
+    """Detailed result of :class:`RandomizationSanity` for ``N`` inputs.
 
     Attributes:
-        spearman: ``(N,)`` rank correlation of the signed explanations.
-        spearman_abs: ``(N,)`` rank correlation of their absolute values.
+        scores: ``(N,)`` float64 rank correlation of the signed explanations (the default
+            return; NaN where an explanation is constant); mean: their mean (NaN left out).
+        scores_abs: ``(N,)`` rank correlation of their absolute values; mean_abs: its mean.
         original: the explanations of the original model.
         randomized: the explanations of the randomised model.
         layers: qualified names of the re-initialised layers.
     """
 
-    spearman: torch.Tensor
-    spearman_abs: torch.Tensor
+    scores_abs: torch.Tensor
+    mean_abs: torch.Tensor
     original: torch.Tensor
     randomized: torch.Tensor
     layers: list[str]
 
-    @property
-    def mean(self) -> float:
-        return float(torch.nanmean(self.spearman))
 
-    @property
-    def mean_abs(self) -> float:
-        return float(torch.nanmean(self.spearman_abs))
-
-
-class RandomizationSanity:
-    """Randomise a layer and compare explanations (Table 2).
+class RandomizationSanity(ExplainerMetric):
+    """Randomise a layer and compare explanations (Table 2); a *low* correlation passes.
 
     Args:
-        model: the network the explainer explains.
+        model: the network the explainer explains (the explainer must hold this very object).
+        inputs: ``(N, *S)``, copied; ``targets``: ``(N,)`` or ``None`` (the original model's
+            predictions; the same classes are explained after the randomisation).
         layer: ``"last"`` (the last module with a ``weight``, in registration order: the final
             fully connected layer of a classifier), a qualified module name, a module, or a
             list of those (randomised together).
         seed: seed of the re-initialisation.
 
-    Call ``check(explainer, inputs, target=None)`` -> :class:`SanityResult`. ``target=None``
-    explains the original model's prediction; the same classes are explained after the
-    randomisation.
+    ``metric(explainer)`` -> ``(N,)`` Spearman correlations of the signed explanations before
+    and after; ``detailed=True`` -> :class:`SanityResult`.
     """
 
-    def __init__(self, model: nn.Module, layer: Any = "last", seed: int = 0) -> None:
-        if not isinstance(model, nn.Module):
-            raise InvalidInputError(f"model must be an nn.Module, got {type(model).__name__}")
-        self.model = model
+    def __init__(
+        self, model: nn.Module, inputs: torch.Tensor, targets: TargetLike = None, layer: Any = "last", seed: int = 0
+    ) -> None:
+        super().__init__(model, inputs, targets)
         check_seed(seed)
         self.seed = seed
         self.layers = self._resolve_layers(layer)
-
     def _resolve_layers(self, layer: Any) -> list[tuple[str, nn.Module]]:
         named = dict(self.model.named_modules())
         items = layer if isinstance(layer, (list, tuple)) else [layer]
@@ -147,13 +144,10 @@ class RandomizationSanity:
                 with torch.no_grad():
                     p.copy_(new.to(p.dtype))
 
-    def check(self, explainer: Any, inputs: torch.Tensor, target: TargetLike = None) -> SanityResult:
-        """Explain ``inputs`` with the original and the randomised model; see the class doc."""
-        check_tensor(inputs)
-        x = inputs.detach()
-        with eval_mode(self.model):
-            targets = resolve_target(self.model, x, target)
-            original = call_explainer(explainer, x, targets)
+    def compute(self, obj: Explainer) -> SanityResult:
+        self.check_explainer(obj)
+        x, targets = self.inputs, self.targets
+        original = self.run_explainer(obj, x, targets)
         saved = {
             (name, pname): p.detach().clone()
             for name, module in self.layers
@@ -161,8 +155,7 @@ class RandomizationSanity:
         }
         try:
             self._randomize(generator(self.seed))
-            with eval_mode(self.model):
-                randomized = call_explainer(explainer, x, targets)
+            randomized = self.run_explainer(obj, x, targets)
         finally:
             with torch.no_grad():
                 for name, module in self.layers:
@@ -175,13 +168,14 @@ class RandomizationSanity:
         for e in (original, randomized):
             if not torch.isfinite(e).all():
                 raise InvalidInputError("the explainer returned NaN or inf")
+        rho = spearman(original, randomized)
+        rho_abs = spearman(original.abs(), randomized.abs())
         return SanityResult(
-            spearman=spearman(original, randomized),
-            spearman_abs=spearman(original.abs(), randomized.abs()),
+            rho,
+            mean_score(rho),
+            scores_abs=rho_abs,
+            mean_abs=mean_score(rho_abs),
             original=original,
             randomized=randomized,
             layers=[n for n, _ in self.layers],
         )
-
-    def __call__(self, explainer: Any, inputs: torch.Tensor, target: TargetLike = None) -> SanityResult:
-        return self.check(explainer, inputs, target)
