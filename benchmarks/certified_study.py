@@ -150,6 +150,9 @@ def main() -> None:
     parser.add_argument("--tiny-epochs", type=int, default=6)
     parser.add_argument("--bench-out", default=str(RESULTS / "certified_study_cache" / "bench"))
     parser.add_argument("--out", default=str(RESULTS / "certified_study.json"))
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="run nothing: collect the --settings from these outputs of earlier runs (their "
+                             "measured wall times kept) into --out")
     args = parser.parse_args()
     if "EVA" not in args.methods:
         raise SystemExit("the study compares every method with EVA: keep EVA in --methods")
@@ -161,8 +164,12 @@ def main() -> None:
     if args.tiny_images:
         tiny, tiny_source = exact_tiny(0.1, args.tiny_images, args.tiny_epochs), "this run"
     settings = []
+    merged = {}
+    for path in args.merge or []:
+        part = json.loads(Path(path).read_text())
+        merged.update({r["setting"]: {**r, "command": part.get("command")} for r in part["results"]})
     for key in args.settings:
-        s = run_setting(key, args)
+        s = merged[key] if args.merge else run_setting(key, args)
         settings.append(s)
         eva = {r["metric"]: r for r in s["rows"] if r["method"] == "EVA"}
         print(f"{key:<28} n {s['n']:<4} {s['seconds']:7.0f} s  mean AO {s['mean_ao']:10.4g}  "

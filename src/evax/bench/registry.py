@@ -278,7 +278,3 @@ def table_spec(name: str, quick: bool = False, offline: bool = False, **options:
     if bad:
         raise InvalidInputError(f"table {name!r} takes no option {bad}")
     return BUILDERS[name](quick=quick, offline=offline, **{k: v for k, v in options.items() if v is not None})
-
-
-def title(name: str) -> str:
-    return table_spec(name).title if name in BUILDERS else name

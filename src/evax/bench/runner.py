@@ -32,7 +32,7 @@ import torch
 
 from evax.bench import cells as cells_mod
 from evax.bench.cache import ResultCache, fingerprint
-from evax.bench.specs import SettingSpec, TableSpec
+from evax.bench.specs import SettingSpec, TableSpec, thaw
 from evax.bench.workers import run_tasks
 from evax.errors import InvalidInputError
 
@@ -134,15 +134,9 @@ def build_cells(spec: TableSpec, opts: RunOptions) -> list[cells_mod.Cell]:
                     cfg["bound_method"] = m.kwargs["method"]
                 else:
                     cfg["method"] = m.to_config()
-                cfg.update({k: v for k, v in s.config.items()})
-                cells.append(cells_mod.Cell(spec.name, s.key, m.name, idx, s.cell, _thawed(cfg)))
+                cfg.update(s.config)
+                cells.append(cells_mod.Cell(spec.name, s.key, m.name, idx, s.cell, thaw(cfg)))
     return cells
-
-
-def _thawed(cfg: dict) -> dict:
-    from evax.bench.specs import thaw
-
-    return thaw(cfg)
 
 
 # ------------------------------------------------------------------ running cells
