@@ -42,7 +42,7 @@ def run_setting(key: str, args) -> dict:
 
     start = time.perf_counter()
     df = run_table("certified-study", n=args.n, out=args.bench_out, settings=[key], methods=args.methods,
-                   quick=args.quick, workers=args.workers, progress=False)
+                   quick=args.quick, workers=args.workers, threads=args.threads, progress=False)
     seconds = time.perf_counter() - start
     meta = df.attrs["meta"]
     rows = [r for r in df.attrs["rows"] if r["setting"] == key]
@@ -123,8 +123,8 @@ def markdown(settings: list[dict]) -> str:
     lines = []
     for s in settings:
         lines += [f"### {s['model']}, eps {s['eps']} (n = {s['n']}; EVA mean AO {s['mean_ao']:.4g}, "
-                  f"certified robust {s['certified_robust']:.2f}; wall {s['seconds']:.0f} s, "
-                  f"cells {s['cells']})", "",
+                  f"certified robust {s['certified_robust']:.2f}; wall {s['seconds']:.0f} s"
+                  + (f", cells {s['cells']}" if s.get("cells") else "") + ")", "",
                   "| method | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
         by = {(r["method"], r["metric"]): r for r in s["rows"] if r["metric"] in METRICS}
         methods = list(dict.fromkeys(r["method"] for r in s["rows"] if r["metric"] in METRICS))
@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--quick", action="store_true", help="reduced budgets (smoke test)")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per cell (default: unchanged)")
     parser.add_argument("--tiny-images", type=int, default=0,
                         help="images of the exact-AO (MILP) comparison (0: skip, keep the last run's block)")
     parser.add_argument("--tiny-epochs", type=int, default=6)
@@ -167,7 +168,9 @@ def main() -> None:
     merged = {}
     for path in args.merge or []:
         part = json.loads(Path(path).read_text())
-        merged.update({r["setting"]: {**r, "command": part.get("command")} for r in part["results"]})
+        for r in part["results"]:  # (results of the script before it ran the bench table: no "setting")
+            key = r.get("setting") or f"{r['model']}-eps{r['eps']:g}"
+            merged[key] = {"setting": key, "command": part.get("command"), "source": path, **r}
     for key in args.settings:
         s = merged[key] if args.merge else run_setting(key, args)
         settings.append(s)
