@@ -1,20 +1,22 @@
 """EVA against the Table-1 baselines on normally vs certifiably trained models (issue 18).
 
-For each model (default: the zoo's MNIST MLP and its CROWN-IBP/IBP-trained twin
-``mnist-mlp-cert0.1``, the Fashion-MNIST pair, the certified small MNIST CNN) and each EVA
-radius (default: the certified models' training radius 0.1 and the EVA paper's 0.5), every
-method on the first ``--n`` test images through ``evax evaluate``'s cells (same specs, same
-cache: a rerun resumes), Deletion / Insertion / muFidelity on the 12 x 12 cells (the paper's
-protocol), and the paired difference of every baseline against EVA on the same images
-(mean +- standard error). Next to it EVA's Tightness (mean AO(x, B) upper bound of the default
-method) and the fraction of images certified robust at that radius.
+A thin wrapper over the bench table ``certified-study`` (:func:`evax.bench.registry.certified_study`,
+run by :func:`evax.bench.runner.run_table`; ``evax bench certified-study`` runs the same cells):
+for each (model, eps) setting -- default: the zoo's MNIST MLP and its CROWN-IBP-trained twin
+``mnist-mlp-cert0.1``, the Fashion-MNIST pair, the IBP-trained small MNIST CNN, at the certified
+models' training radius 0.1 and at the EVA paper's 0.5 -- every method on the first ``--n`` test
+images, Deletion / Insertion / muFidelity on the 12 x 12 cells (App. F), the paired difference of
+every baseline against EVA on the same images (mean +- standard error), EVA's Tightness (mean
+AO(x, B) upper bound, default bound method) and the share of images certified robust (AO < 0).
+Next to it (``--tiny-images``, slow: minutes per MILP) EVA's bound against the exact AO on a tiny
+MLP trained normally and with IBP.
 
-    python benchmarks/certified_study.py                          # n = 50, the default models
-    python benchmarks/certified_study.py --n 5 --quick --models mnist-mlp mnist-mlp-cert0.1
+    python benchmarks/certified_study.py                          # n = 50, the default settings
+    python benchmarks/certified_study.py --n 2 --quick --settings mnist-mlp-eps0.1 mnist-mlp-cert0.1-eps0.1
 
-Writes ``benchmarks/results/certified_study.json`` and ``certified_study.md`` (the table);
-the cells are cached under ``--cache`` (default ``benchmarks/results/certified_study_cache``,
-not committed).
+Writes ``benchmarks/results/certified_study.json`` and ``certified_study.md``; the bench's
+output folder (cache, CSV, figures) is ``--bench-out`` (default
+``benchmarks/results/certified_study_cache/bench``, not committed): a rerun resumes.
 """
 
 from __future__ import annotations
@@ -22,61 +24,33 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 RESULTS = Path(__file__).parent / "results"
-MODELS = ("mnist-mlp", "mnist-mlp-cert0.1", "fashion-mlp", "fashion-mlp-cert0.1", "mnist-cnn-cert0.1")
-# Greedy-AS is left out by default: about 120 s per MNIST digit on this CPU (n = 50 x 4 settings
-# would be hours); pass --methods ... Greedy-AS EVA to include it
-METHODS = ("Saliency", "GradInput", "InteGrad", "SmoothGrad", "VarGrad", "Occlusion", "RISE", "EVA")
 METRICS = ("deletion", "insertion", "mufidelity")
 LOWER_IS_BETTER = {"deletion": True, "insertion": False, "mufidelity": False}
 
 
-def dataset_of(model: str) -> str:
-    return "fashion-mnist" if model.startswith("fashion") else "mnist"
+def run_setting(key: str, args) -> dict:
+    """One setting of the bench table: its rows (with paired differences), Tightness, certified
+    share and wall time."""
+    from evax.bench import run_table
 
-
-def tightness(model, x: torch.Tensor, eps: float) -> dict[str, float]:
-    """Mean AO(x, B) upper bound (default method, p = inf, no domain, as EVA) and the certified
-    robust fraction (AO < 0)."""
-    import evax
-    from evax.attribution.eva import margin_spec
-
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    b = evax.bound(model, evax.Ball(x, eps), evax.bounds.DEFAULT_METHOD, margin_spec(y, 10), side="upper")
-    ao = b.upper.amax(1)
-    return {"mean_ao": float(ao.mean()), "certified_robust": float((ao < 0).double().mean())}
-
-
-def run_setting(name: str, eps: float, args) -> dict:
-    import numpy as np
-
-    from evax.bench import evaluate as ev
-    from evax.bench import evaluate_report as rep
-    from evax.zoo import load_dataset, load_model
-
-    data = load_dataset(dataset_of(name))
-    x = data.images[: args.n]
-    out = Path(args.cache) / f"{name}_eps{eps}"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "images.npz"
-    np.savez(path, images=x.numpy(), labels=data.labels[: args.n].numpy())
-    model = load_model(name, progress=False).eval()
-    cfg = ev.EvaluateConfig(methods=list(args.methods), metrics=list(METRICS), reference="EVA", eps=eps,
-                            quick=args.quick)
-    model_spec = {"path_or_name": name, "input_shape": list(x.shape[1:]), "weights": None, "mean": None,
-                  "std": None, "classes": None, "layout": "auto"}
-    images_spec = {"spec": str(path.resolve()), "input_shape": list(x.shape[1:]), "labels": None, "limit": None}
     start = time.perf_counter()
-    cells, records, _ = ev.run(model_spec, images_spec, x.shape[0], cfg, out, workers=args.workers, progress=False)
-    rows = rep.summarize(cells, records, cfg.methods, cfg.metrics, cfg.reference)
-    return {"model": name, "eps": eps, "n": int(x.shape[0]), "seconds": time.perf_counter() - start,
-            "rows": rows, **tightness(model, x, eps)}
+    df = run_table("certified-study", n=args.n, out=args.bench_out, settings=[key], methods=args.methods,
+                   quick=args.quick, workers=args.workers, threads=args.threads, progress=False)
+    seconds = time.perf_counter() - start
+    meta = df.attrs["meta"]
+    rows = [r for r in df.attrs["rows"] if r["setting"] == key]
+    eva = {r["metric"]: r for r in rows if r["method"] == "EVA"}
+    s = meta["settings"][key]
+    return {"setting": key, "model": s["model"], "eps": s["eps"], "n": meta["n_images"][key], "seconds": seconds,
+            "cells": meta["cells"], "rows": rows,
+            "mean_ao": eva["tightness"]["mean"], "certified_robust": eva["certified"]["mean"]}
 
 
 def tiny_net(seed: int) -> torch.nn.Module:
@@ -149,10 +123,11 @@ def markdown(settings: list[dict]) -> str:
     lines = []
     for s in settings:
         lines += [f"### {s['model']}, eps {s['eps']} (n = {s['n']}; EVA mean AO {s['mean_ao']:.4g}, "
-                  f"certified robust {s['certified_robust']:.2f})", "",
+                  f"certified robust {s['certified_robust']:.2f}; wall {s['seconds']:.0f} s"
+                  + (f", cells {s['cells']}" if s.get("cells") else "") + ")", "",
                   "| method | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
-        by = {(r["method"], r["metric"]): r for r in s["rows"]}
-        methods = list(dict.fromkeys(r["method"] for r in s["rows"]))
+        by = {(r["method"], r["metric"]): r for r in s["rows"] if r["metric"] in METRICS}
+        methods = list(dict.fromkeys(r["method"] for r in s["rows"] if r["metric"] in METRICS))
         for m in methods:
             lines.append(f"| {m} | " + " | ".join(_cell(by[(m, k)], k) for k in METRICS) + " |")
         lines.append("")
@@ -160,41 +135,59 @@ def markdown(settings: list[dict]) -> str:
 
 
 def main() -> None:
+    from evax.bench.registry import CERTIFIED_METHODS, certified_study
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--eps", nargs="+", type=float, default=[0.1, 0.5])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--settings", nargs="+", default=list(certified_study().default_settings),
+                        help="(model, eps) settings of the bench table, e.g. mnist-mlp-eps0.1")
+    parser.add_argument("--methods", nargs="+", default=[m for m in CERTIFIED_METHODS if m != "Greedy-AS"],
+                        help="Greedy-AS is left out by default: about 120 s per MNIST digit on this CPU")
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--quick", action="store_true", help="reduced budgets (smoke test)")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--tiny-images", type=int, default=10, help="images of the exact-AO comparison (0: skip)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per cell (default: unchanged)")
+    parser.add_argument("--tiny-images", type=int, default=0,
+                        help="images of the exact-AO (MILP) comparison (0: skip, keep the last run's block)")
     parser.add_argument("--tiny-epochs", type=int, default=6)
-    parser.add_argument("--cache", default=str(RESULTS / "certified_study_cache"))
+    parser.add_argument("--bench-out", default=str(RESULTS / "certified_study_cache" / "bench"))
     parser.add_argument("--out", default=str(RESULTS / "certified_study.json"))
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="run nothing: collect the --settings from these outputs of earlier runs (their "
+                             "measured wall times kept) into --out")
     args = parser.parse_args()
     if "EVA" not in args.methods:
         raise SystemExit("the study compares every method with EVA: keep EVA in --methods")
 
-    settings, tiny = [], []
+    out = Path(args.out)
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    tiny, tiny_source = previous.get("exact_tiny", []), previous.get(
+        "exact_tiny_source", "commit 422a535 (python benchmarks/certified_study.py --tiny-images 3)")
     if args.tiny_images:
-        tiny = exact_tiny(0.1, args.tiny_images, args.tiny_epochs)
-    for name in args.models:
-        for eps in args.eps:
-            s = run_setting(name, eps, args)
-            settings.append(s)
-            eva = {r["metric"]: r for r in s["rows"] if r["method"] == "EVA"}
-            print(f"{name:<22} eps {eps:<5} n {s['n']:<4} {s['seconds']:7.0f} s  mean AO {s['mean_ao']:10.4g}  "
-                  f"robust {s['certified_robust']:.2f}  EVA " + "  ".join(
-                      f"{k} {eva[k]['mean']:.3f}" for k in METRICS if eva[k]["mean"] is not None), flush=True)
-            table = markdown(settings)
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).with_suffix(".md").write_text(table)
-            Path(args.out).write_text(json.dumps({
-                "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
-                            "torch": torch.__version__},
-                "settings": vars(args), "results": settings, "exact_tiny": tiny}, indent=1, default=str))
+        tiny, tiny_source = exact_tiny(0.1, args.tiny_images, args.tiny_epochs), "this run"
+    settings = []
+    merged = {}
+    for path in args.merge or []:
+        part = json.loads(Path(path).read_text())
+        for r in part["results"]:  # (results of the script before it ran the bench table: no "setting")
+            key = r.get("setting") or f"{r['model']}-eps{r['eps']:g}"
+            merged[key] = {"setting": key, "command": part.get("command"), "source": path, **r}
+    for key in args.settings:
+        s = merged[key] if args.merge else run_setting(key, args)
+        settings.append(s)
+        eva = {r["metric"]: r for r in s["rows"] if r["method"] == "EVA"}
+        print(f"{key:<28} n {s['n']:<4} {s['seconds']:7.0f} s  mean AO {s['mean_ao']:10.4g}  "
+              f"robust {s['certified_robust']:.2f}  EVA " + "  ".join(
+                  f"{k} {eva[k]['mean']:.3f}" for k in METRICS if eva[k]["mean"] is not None), flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".md").write_text(markdown(settings))
+        out.write_text(json.dumps({
+            "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
+                        "torch": torch.__version__},
+            "command": " ".join(["python benchmarks/certified_study.py", *sys.argv[1:]]),
+            "settings": vars(args), "results": settings, "exact_tiny": tiny, "exact_tiny_source": tiny_source},
+            indent=1, default=str))
     print(markdown(settings))
-    print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}")
+    print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

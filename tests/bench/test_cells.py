@@ -16,7 +16,7 @@ from torch import nn
 
 from evax.attribution import IntegratedGradients
 from evax.bench import cells as cells_mod
-from evax.bench import components, tables
+from evax.bench import components, protocols
 from evax.bench.components import ComponentBroken, ComponentUnavailable
 from evax.bounds.api import bound
 from evax.core.specs import margin_spec
@@ -121,7 +121,7 @@ def test_bench_ig_is_the_library_ig(local):
     model = _linear()
     x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(2))
     target = torch.tensor([0, 2])
-    explainer = cells_mod.Explainer(tables._ig(local, 8), model, seed=0)
+    explainer = cells_mod.Explainer(protocols._ig(local, 8).to_config(), model, seed=0)
     raw = explainer.raw(x, target)
     ours = IntegratedGradients(model, n_steps=8, multiply_by_inputs=not local).attribute_raw(x, target)
     torch.testing.assert_close(raw, ours)

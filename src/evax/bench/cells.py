@@ -334,7 +334,7 @@ def _explanation_map(cell: Cell, rec: dict, model, x, target) -> torch.Tensor | 
 
 
 def _attribution_cell(cell: Cell, rec: dict) -> None:
-    """EVA paper Tables 1-3: explanation + Deletion, Insertion, muFidelity, Robustness-S_r (+ Tightness)."""
+    """EVA paper Tables 1-3: explanation + Deletion, Insertion, muFidelity, Robustness-S_r (+ Tightness, certified)."""
     cfg = cell.config
     prepared = _explanation_inputs(cell, rec)
     if prepared is None:
@@ -352,11 +352,11 @@ def _attribution_cell(cell: Cell, rec: dict) -> None:
     for name in todo:
         mcfg = dict(cfg["metrics"][name])
         try:
-            if name == "tightness":
+            if name in ("tightness", "certified"):  # the AO bound; certified robust: AO < 0
                 ao = rec["extra"].get("ao")
                 if ao is None:
-                    raise NotApplicableError("tightness is the AO bound of an EVA explanation")
-                rec["values"]["tightness"] = float(ao[0])
+                    raise NotApplicableError(f"{name} is the AO bound of an EVA explanation")
+                rec["values"][name] = float(ao[0]) if name == "tightness" else float(ao[0] < 0)
                 continue
             _score_explanation(rec, name, mcfg, model, x, target, groups, cell.seed, phi)
         except Exception as exc:  # noqa: BLE001

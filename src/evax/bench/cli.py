@@ -7,15 +7,16 @@ from typing import Annotated
 
 import typer
 
+from evax.bench.registry import PAPER_TABLES, TABLES
 from evax.core import cli_support as _cli
 from evax.errors import InvalidInputError
 
-CHOICES = ("eva-table1", "eva-table2", "eva-table3", "infidelity-table1", "infidelity-table2", "targeted", "all")
+CHOICES = (*TABLES, "all")
 
 
 @_cli.clean_errors
 def bench(
-    table: Annotated[str, typer.Argument(help="one of: " + ", ".join(CHOICES) + " (or 'report' to re-render)")],
+    table: Annotated[str, typer.Argument(help="one of: " + ", ".join(CHOICES) + " (all: the papers' six tables; 'report' to re-render)")],
     n: Annotated[int | None, typer.Option(help="images per setting (default: the table's stated n)")] = None,
     out: Annotated[Path, typer.Option(help="output folder (tables, figures, report.md, cache/)")] = Path("bench-out"),
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
@@ -35,7 +36,7 @@ def bench(
     Resumable: finished cells are cached under OUT/cache and skipped by the next run.
     """
     from evax.bench.report import write_report
-    from evax.bench.tables import TABLES, run_table
+    from evax.bench.runner import run_table
 
     _cli.positive(n, "--n")
     _cli.positive(workers, "--workers")
@@ -44,7 +45,7 @@ def bench(
         raise InvalidInputError(f"unknown table {table!r}; choose one of {', '.join(CHOICES)} or 'report'")
     _cli.output_dir(out)
     if table != "report":
-        names = list(TABLES) if table == "all" else [table]
+        names = list(PAPER_TABLES) if table == "all" else [table]
         for name in names:
             df = run_table(name, n=n, out=out, settings=setting or None, workers=workers, address=address,
                            device=device, seed=seed, quick=quick, offline=offline,

@@ -4,9 +4,9 @@ The unit of work is the bench's cell (:mod:`evax.bench.cells`, kind ``"evaluate"
 on one image, its explanation and all its metrics, seeded by the image index, cached under
 ``OUT/cache/evaluate/...`` (a rerun reuses every finished cell: change a budget and only the
 cells under the new configuration are recomputed), spread over Ray workers with ``workers > 1``
-exactly as ``evax bench`` does (:func:`evax.bench.tables.run_cells`).
+exactly as ``evax bench`` does (:func:`evax.bench.runner.run_cells`).
 
-Method and metric specs are the bench's (:func:`evax.bench.tables.metric_configs`, the EVA
+Method and metric specs are the bench's (:mod:`evax.bench.protocols`: App. F's metrics, the EVA
 Table 1 methods): the paper's protocol (App. E/F) unless ``quick``.
 """
 
@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evax.bench import cells as cells_mod
-from evax.bench.tables import RunOptions, _infd_metrics, _table1_methods, metric_configs, run_cells
+from evax.bench.protocols import infidelity_metrics, metric_configs, table1_methods
+from evax.bench.runner import RunOptions, run_cells
 from evax.bounds.api import DEFAULT_METHOD
 from evax.errors import InvalidInputError
 
@@ -50,7 +51,7 @@ def method_specs(cfg: EvaluateConfig) -> dict[str, dict]:
     ``EVA``), any other class of ``evax.attribution.METHODS`` with its defaults."""
     from evax.attribution import METHODS
 
-    table = _table1_methods("mnist", cfg.quick)
+    table = {m.name: m.to_config() for m in table1_methods("mnist", cfg.quick)}
     table["EVA"] = {"cls": "EVA", "kwargs": {"eps": cfg.eps, "method": cfg.bound_method}, "explain": True}
     out = {}
     for name in cfg.methods:
@@ -76,7 +77,7 @@ def metric_specs(cfg: EvaluateConfig) -> dict[str, dict]:
     if bad:
         raise InvalidInputError(f"unknown metric(s) {bad}; choose from {', '.join(METRICS)}")
     fid = metric_configs(cfg.quick)
-    infd = _infd_metrics(True, "mnist", cfg.quick)
+    infd = {m.name: m.to_config() for m in infidelity_metrics(True, "mnist", cfg.quick)}
     every = {**fid, "infidelity": infd["infd"], "sensitivity": infd["sens_max"]}
     return {m: copy.deepcopy(every[m]) for m in cfg.metrics}
 
@@ -109,7 +110,7 @@ def run(model_spec: dict, images_spec: dict, n_images: int, cfg: EvaluateConfig,
     """Run (or resume) every cell; ``(cells, records, stats)``."""
     cells = build_cells(model_spec, images_spec, n_images, cfg, device)
     opts = RunOptions(out=Path(out), workers=workers, device=device, seed=cfg.seed, progress=progress,
-                      metrics=list(cfg.metrics))
+                      metrics=tuple(cfg.metrics))
     records, stats = run_cells(cells, opts, "evaluate")
     return cells, records, stats
 

@@ -12,24 +12,22 @@ A cell reads ``ours (paper)``; ``n/a`` where the method does not apply (as in th
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from evax.bench.published import EVA_TABLE1_IMAGES
-from evax.bench.tables import TABLES
+from evax.bench.registry import TABLES, table_spec
 
-TITLES = {
-    "eva-table1": "EVA paper, Table 1 -- Deletion, Insertion, muFidelity, Robustness-S_r, time",
-    "eva-table2": "EVA paper, Table 2 -- impact of the verified perturbation analysis method",
-    "eva-table3": "EVA paper, Table 3 -- ablations (Greedy-AO, empirical EVA)",
-    "infidelity-table1": "Yeh et al., Table 1 -- SENS_MAX and INFD, local and global explanations",
-    "infidelity-table2": "Yeh et al., Table 2 -- randomization sanity check",
-    "targeted": "EVA paper, Fig. 7 -- targeted explanations",
-}
+
+def title(name: str) -> str:
+    """The table's title (its spec's)."""
+    return table_spec(name).title if name in TABLES else name
+
 METRIC_LABELS = {
     "deletion": "Del.↓", "insertion": "Ins.↑", "mufidelity": "Fid.↑", "robustness": "Rob.↓",
     "tightness": "Tight.↓", "seconds": "s/expl.", "sens_max": "SENS_MAX↓", "infd": "INFD↓",
-    "spearman": "Corr↓", "spearman_abs": "Corr (abs)↓",
+    "spearman": "Corr↓", "spearman_abs": "Corr (abs)↓", "certified": "certified↑",
 }
 # the published time column is a total over the paper's images; shown per explanation
 _TIME_IMAGES = {"eva-table1": EVA_TABLE1_IMAGES, "eva-table3": {"mnist": 100, "cifar10": 100, "imagenet": 100}}
@@ -71,7 +69,7 @@ def _published(name: str, meta: dict, setting: str, method: str, metric: str) ->
 def render_table(name: str, data: dict) -> str:
     """Markdown of one table from its JSON (``{"meta", "rows"}``)."""
     meta, rows = data["meta"], data["rows"]
-    lines = [f"## {TITLES.get(name, name)}", ""]
+    lines = [f"## {title(name)}", ""]
     notes: list[str] = []
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     for setting in settings:
@@ -102,10 +100,17 @@ def render_table(name: str, data: dict) -> str:
                         ours = f"ERR[{len(notes)}]"
                 else:
                     ours = _fmt(r["mean"])
+                    se = r.get("se")
+                    if isinstance(se, float) and math.isfinite(se):
+                        ours += f" ± {_fmt(se)}"
+                    if r.get("diff") is not None:  # paired difference to the table's reference
+                        ours += f" (Δ {r['diff']:+.3f} ± {r['diff_se']:.3f})"
                 pub = _published(name, meta, setting, method, metric)
                 cells.append(ours if pub == "absent" else f"{ours} ({'n/a' if pub is None else _fmt(pub)})")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+    if meta.get("reference"):
+        lines.append(f"(Δ d ± SE): paired difference method - {meta['reference']} on the same images.")
     if meta.get("published"):
         lines.append("Cells: `ours (paper)`; the paper's time is divided by its number of images "
                      "(seconds per explanation on its GPU).")
@@ -131,7 +136,7 @@ def render_table(name: str, data: dict) -> str:
 def render_targeted(data: dict) -> str:
     meta, rows = data["meta"], data["rows"]
     s = meta["settings"]["mnist"]
-    lines = [f"## {TITLES['targeted']}", "",
+    lines = [f"## {title('targeted')}", "",
              f"{s['model']} on {s['dataset']}, n = {len(rows)}, eps {s['eps']}, `{s['method']}`, 12x12 grid.", "",
              "| image | label | predicted | s (10 maps) |", "|---|---|---|---|"]
     for r in rows:
