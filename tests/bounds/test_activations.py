@@ -413,3 +413,22 @@ def test_exact_refuses_smooth_activations():
         net = nn.Sequential(nn.Linear(2, 3), act, nn.Linear(3, 2)).eval()
         with pytest.raises(UnsupportedLayerError, match="exact"):
             evax.bound(net, evax.Ball(torch.zeros(1, 2), 0.1), "exact")
+
+
+def test_relu_relaxation_equals_the_leaky_rule_at_slope_zero():
+    """ReLU's specialised relaxation: the same lines as LeakyReLU's rule with slope 0, bitwise,
+    except at l = u = 0 (where it must still be exact: every line through the origin is)."""
+    from evax.bounds.ops.activation import leaky_relax, relu_relax
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 20000, generator=g, dtype=torch.float64)
+    a[:100], b[50:150] = 0.0, 0.0
+    a[200:300], b[200:300] = -b[200:300].abs(), b[200:300].abs()  # ties u = -l
+    lower, upper = torch.minimum(a, b), torch.maximum(a, b)
+    fast, ref = relu_relax(lower, upper), leaky_relax(lower, upper, 0.0)
+    degenerate = (lower == 0) & (upper == 0)
+    assert bool(degenerate.any()) and bool((~degenerate).any())
+    for x, y in zip(fast, ref, strict=True):
+        assert torch.equal(x[~degenerate], y[~degenerate])
+    a_l, b_l, a_u, b_u = (t[degenerate] for t in fast)
+    assert bool((b_l == 0).all() and (b_u == 0).all())  # lines through the origin: exact at x = 0

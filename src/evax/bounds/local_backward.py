@@ -172,6 +172,9 @@ def local_lower_bounds(
 def window_dot(lam: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
     """``sum over (C, Rh, Rw)`` of ``lam * win``: ``(B, P, K, ...) x (B', P, 1, ...) -> (B*, P, K)``,
     as a batched matrix-vector product (no temporary of ``lam``'s size)."""
+    from evax.bounds.ops.base import same_flat_order
+
+    lam, win = same_flat_order(lam, win)
     return torch.matmul(lam.flatten(3), win.flatten(3).transpose(-1, -2)).squeeze(-1)
 
 

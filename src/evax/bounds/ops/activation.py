@@ -53,7 +53,7 @@ class ReLU(ElementwiseOp):
         return torch.relu(x)
 
     def relax(self, lower: torch.Tensor, upper: torch.Tensor):
-        return leaky_relax(lower, upper, 0.0)
+        return relu_relax(lower, upper)
 
     def backward(self, lam: torch.Tensor, relaxation=None):
         # Specialised: the lower line has no offset (b_l = 0).
@@ -129,6 +129,22 @@ class LeakyReLU(ElementwiseOp):
         lo, hi = (b.reshape(-1) for b in in_bounds[0])
         r = model.relu(z, lo, hi, scale=-1.0)
         model.add_rows([(out.reshape(-1), 1.0), (z, -1.0), (r, -(1.0 - self.negative_slope))], 0.0, 0.0)
+
+
+def relu_relax(lower: torch.Tensor, upper: torch.Tensor):
+    """CROWN's relaxation ``(a_l, b_l, a_u, b_u)`` of ``relu`` on ``[lower, upper]``: the chord
+    above, the line through the origin with slope ``1`` if ``u >= -l`` else ``0`` below.
+
+    The same lines as :func:`leaky_relax` with slope 0 (bitwise, but for ``l = u = 0``, where
+    every line through the origin is exact), in half the passes over the bounds: with
+    ``l- = min(l, 0)`` and ``u+ = max(u, 0)`` the chord ``u+ / (u+ - l-)`` is ``1`` on active
+    neurons and ``0`` on dead ones, and its offset ``-l- a_u`` is ``0`` on both.
+    """
+    lo, hi = lower.clamp_max(0), upper.clamp_min(0)
+    a_u = hi / (hi - lo).clamp_min_(_TINY)
+    b_u = torch.mul(lo, a_u).neg_()
+    a_l = (hi >= -lo).to(lower.dtype)
+    return a_l, torch.zeros_like(lower), a_u, b_u
 
 
 def leaky_relax(lower: torch.Tensor, upper: torch.Tensor, slope: float):

@@ -264,9 +264,7 @@ class LinearOp(Op):
     def backward(self, lam: torch.Tensor, relaxation=None):
         flat, lead = flat_batch(lam, 2)
         ins = [t.reshape(*lead, *t.shape[1:]) for t in self.transpose(flat)]
-        const = None
-        if self.bias is not None:
-            const = (lam * self.bias).flatten(2).sum(dim=2)
+        const = None if self.bias is None else bias_dot(lam, self.bias)
         return ins, const
 
     def dense_matrices(self, in_shapes: list[tuple[int, ...]], dtype=torch.float64) -> list[torch.Tensor]:
@@ -373,6 +371,28 @@ class ElementwiseOp(Op):
         return lam, const, offset
 
 
+def bias_dot(lam: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``sum_s lam[b, k, s] * bias[s]`` -> ``(B, K)`` for a ``bias`` broadcastable to the node
+    shape ``S``: ``lam`` is first summed over the axes the bias is broadcast along (a conv bias
+    ``(C, 1, 1)``: over ``H, W``), so no temporary of ``lam``'s size is made, whatever its
+    memory layout."""
+    offset = lam.ndim - bias.ndim
+    axes = [offset + d for d in range(bias.ndim) if bias.shape[d] == 1 and lam.shape[offset + d] != 1]
+    if axes:
+        lam = lam.sum(dim=axes, keepdim=True)
+    return (lam * bias).flatten(2).sum(dim=2)
+
+
+def same_flat_order(lam: torch.Tensor, other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lam`` and ``other`` (``(..., C, H, W)`` each) with channels moved last when ``lam`` is
+    stored channels-last (after a transposed convolution on the CPU), so that flattening their
+    trailing dimensions reads ``lam`` in place and copies only ``other`` (usually ``K`` times
+    smaller); unchanged otherwise. Sums over the flattened dimensions are the same."""
+    if lam.ndim >= 4 and not lam.is_contiguous() and lam.movedim(-3, -1).is_contiguous():
+        return lam.movedim(-3, -1), other.movedim(-3, -1)
+    return lam, other
+
+
 def signed_combine(coef: torch.Tensor, x_pos: torch.Tensor, x_neg: torch.Tensor) -> torch.Tensor:
     """``max(coef, 0) * x_pos + min(coef, 0) * x_neg`` (a bound of ``coef * x`` from bounds of
     ``x``); a single product when ``coef`` has one sign everywhere."""
@@ -400,6 +420,7 @@ def row_dot(lam: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
 def batched_dot(lam: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
     """``sum_s lam[b, k, s] * vec[b, s]``: ``(B or 1, K, *S), (N, *S) -> (N, K)`` as a GEMM."""
     n = vec.shape[0]
+    lam, vec = same_flat_order(lam, vec)
     flat_vec = vec.reshape(n, -1)
     flat_lam = lam.flatten(2)
     if flat_lam.shape[0] == 1:

@@ -15,6 +15,7 @@ from torch import nn
 
 from evax.bounds.local_backward import node_map, window_dot
 from evax.bounds.local_forms import linear_local, scale_patches
+from evax.bounds.ops._transposed_conv import TransposedConv
 from evax.bounds.ops.base import LinearOp
 from evax.bounds.ops.constants import constant
 from evax.bounds.ops.registry import Call, register
@@ -145,12 +146,26 @@ class Conv2d(LinearOp):
         return self._conv(x, self.weight_abs)
 
     def transpose(self, lam: torch.Tensor) -> list[torch.Tensor]:
-        size = (lam.shape[0], *self.in_shape)
-        return [
-            torch.nn.grad.conv2d_input(
-                size, self.weight, lam, self.stride, self.padding, self.dilation, self.groups
+        """``W^T lam`` (see :class:`TransposedConv`: the layout of the fastest kernel)."""
+        return [self._transposed()(lam, self._output_padding(lam.shape[-2:]))]
+
+    def _transposed(self) -> TransposedConv:
+        t = getattr(self, "_transposed_conv", None)
+        if t is None or t.weight is not self.weight:
+            t = TransposedConv(self.weight, self.stride, self.padding, self.dilation, self.groups)
+            self._transposed_conv = t
+        return t
+
+    def _output_padding(self, out_hw) -> tuple[int, int]:
+        """What the transposed convolution adds at the bottom/right to restore the input size
+        (rows or columns a strided convolution never read)."""
+        kh, kw = self.weight.shape[-2:]
+        return tuple(
+            size - ((o - 1) * s - 2 * p + d * (k - 1) + 1)
+            for size, o, s, p, d, k in zip(
+                self.in_shape[1:], out_hw, self.stride, self.padding, self.dilation, (kh, kw), strict=True
             )
-        ]
+        )
 
     # -- patches: a stride-1 convolution widens each window by its dilated kernel ------------------
     def local_growth(self) -> tuple[int, int]:
@@ -185,9 +200,7 @@ class Conv2d(LinearOp):
         if self.bias is not None:
             const = const + lam.sum(dim=(-2, -1)) @ self.bias.view(-1)
         lead = lam.shape[:3]
-        lam = F.conv_transpose2d(
-            lam.reshape(-1, *lam.shape[3:]), self.weight, None, 1, 0, 0, self.groups, self.dilation
-        )
+        lam = self._transposed()(lam.reshape(-1, *lam.shape[3:]), padding=(0, 0))
         lam = lam.view(*lead, *lam.shape[1:])
         offset = (offset[0] - self.padding[0], offset[1] - self.padding[1])
         valid = windows.valid(offset, lam.shape[-2:], in_shape[1:])
