@@ -65,11 +65,12 @@ class SingularSystemWarning(UserWarning):
 
 
 class OptimalExplanation(Attribution):
-    """The infidelity-optimal explanation ``Phi*`` for ``perturbation`` (Prop. 2.1, Eq. 2).
+    """The infidelity-optimal explanation ``Phi*`` for the noise distribution ``noise`` (Prop. 2.1, Eq. 2).
 
     Args:
         model: classifier ``(M, *S) -> (M, K)``; eval mode while computing, restored after.
-        perturbation: a :class:`~evax.core.noise.NoiseDistribution`.
+        noise: a :class:`~evax.core.noise.NoiseDistribution` (the perturbations ``I``; named as
+            in the metrics, apart from the perturbation *sets* of :mod:`evax.perturbation`).
         n_samples: perturbations drawn per input (default ``max(2000, 4 F)``); exhaustive
             perturbations use all their items (leave it ``None``). Use ``n >> F``: with
             ``n < F`` the sample Gram matrix is singular.
@@ -103,7 +104,7 @@ class OptimalExplanation(Attribution):
     def __init__(
         self,
         model: nn.Module,
-        perturbation: NoiseDistribution,
+        noise: NoiseDistribution,
         n_samples: int | None = None,
         ridge: float = 0.0,
         groups: Any = None,
@@ -123,28 +124,28 @@ class OptimalExplanation(Attribution):
         global_ = bool(options.get("global", global_))
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"model must be an nn.Module, got {type(model).__name__}")
-        if not isinstance(perturbation, NoiseDistribution):
+        if not isinstance(noise, NoiseDistribution):
             raise InvalidInputError(
-                f"perturbation must be a noise distribution (evax.metrics.NoisyBaseline, SquareRemoval...), "
-                f"got {type(perturbation).__name__}"
+                f"noise must be a noise distribution (evax.metrics.NoisyBaseline, SquareRemoval...), "
+                f"got {type(noise).__name__}"
             )
         if n_samples is not None:
             check_positive_int(n_samples, "n_samples", minimum=2)
-        self.perturbation = perturbation
+        self.noise = noise
         self.n_samples = n_samples
         self.ridge = check_positive_float(ridge, "ridge", allow_zero=True)
         self.groups = groups
         self.global_ = bool(global_)
-        if self.global_ and perturbation.indicator:
+        if self.global_ and noise.indicator:
             raise InvalidInputError(
-                f"{perturbation!r} perturbs with a mask (indicator=True): its optimal explanation is "
+                f"{noise!r} perturbs with a mask (indicator=True): its optimal explanation is "
                 "already global; use global_=False (or indicator=False for a local one)"
             )
-        has_baseline = type(perturbation).baseline_of is not NoiseDistribution.baseline_of
+        has_baseline = type(noise).baseline_of is not NoiseDistribution.baseline_of
         if (self.global_ or completeness) and not has_baseline:
             raise InvalidInputError(
-                f"global_=True and completeness=True need a perturbation with a baseline x0 (NoisyBaseline, "
-                f"SquareRemoval, SubsetRemoval, DifferenceToBaseline), not {perturbation!r}"
+                f"global_=True and completeness=True need a noise with a baseline x0 (NoisyBaseline, "
+                f"SquareRemoval, SubsetRemoval, DifferenceToBaseline), not {noise!r}"
             )
         self.completeness = bool(completeness)
         self.score = score_function(activation)
@@ -209,9 +210,9 @@ class OptimalExplanation(Attribution):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(c, delta)``: the features ``(N, F)`` of the full removal ``I_full`` (``x - x0``, or
         all ones for masks) and ``delta = f(x) - f(x0)`` ``(N,)`` of the completeness constraint."""
-        x0 = self.perturbation.baseline_of(x)
+        x0 = self.noise.baseline_of(x)
         assert x0 is not None  # checked in __init__
-        pert, perturbed = DifferenceToBaseline(x0, indicator=self.perturbation.indicator).sample(x, 1)
+        pert, perturbed = DifferenceToBaseline(x0, indicator=self.noise.indicator).sample(x, 1)
         c = self._features(pert, gmat).squeeze(1).to(torch.float64)  # (N, F)
         f0 = torch.cat(
             [
@@ -256,12 +257,12 @@ class OptimalExplanation(Attribution):
         n_in = x.shape[0]
         targets = resolve_target(self.model, x, target)
         gmat = self._group_matrix(x)
-        s_i = self.perturbation.perturbation_shape(x)
+        s_i = self.noise.perturbation_shape(x)
         n_feat = int(gmat.shape[2]) if gmat is not None else int(torch.Size(s_i).numel())
-        n = n_draws(self.n_samples, self.perturbation, x, default=max(2000, 4 * n_feat))
+        n = n_draws(self.n_samples, self.noise, x, default=max(2000, 4 * n_feat))
         per_block, per_chunk = blocks(n_in, n, self.batch_size)
         per_block = max(1, min(per_block, _GRAM_BUDGET // (8 * n_feat * n_feat)))  # chunks: n-independent
-        draws = Draws(self.perturbation, self.seed, "optimal")  # the same draws for every block
+        draws = Draws(self.noise, self.seed, "optimal")  # the same draws for every block
         phis = []
         plan = steps(n_in, n, per_block, per_chunk)
         gram = rhs = None
@@ -304,10 +305,10 @@ class OptimalExplanation(Attribution):
         else:
             phi = phi.view(n_in, *s_i)
         if self.global_:
-            x0 = self.perturbation.baseline_of(x)
+            x0 = self.noise.baseline_of(x)
             if x0 is None:
                 raise InvalidInputError(
-                    f"global_=True multiplies by x - x0, but {self.perturbation!r} has no baseline x0"
+                    f"global_=True multiplies by x - x0, but {self.noise!r} has no baseline x0"
                 )
             phi = phi * (x - x0)
         return phi
