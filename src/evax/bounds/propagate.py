@@ -9,9 +9,11 @@ so every method downstream profits from the tightest bounds any method proved.
 Outputs of monotone ops (ReLU-like activations, max pooling) get their bounds by applying the op
 to their input's bounds: no linear bound can be tighter (see :meth:`Propagator._node_bounds`).
 Backward passes for intermediate nodes skip neurons that are already *stable* (``l >= 0`` or
-``u <= 0``) for every box when all users of the node are ReLU/LeakyReLU whose own bounds are not
-needed: their relaxation is exact whatever the bounds, so the result is identical to running
-CROWN on them, at a fraction of the cost. Stability is judged on a running IBP chain that the
+``u <= 0``) under interval arithmetic when all users of the node are ReLU/LeakyReLU whose own
+bounds are not needed: their relaxation is exact whatever the bounds. Stability is judged per
+box: a neuron stable in a box keeps its interval bounds in that box even when its CROWN row was
+computed for another box of the batch, so a box's bounds never depend on its batch (tighter
+bounds of a stable neuron would only reach later nodes through the IBP chain below). Stability is judged on a running IBP chain that the
 engine keeps even when ``ibp`` is not one of the requested methods; CROWN's intermediate bounds
 are also intersected with it (nearly free, never looser: auto_LiRPA's ``compare_crown_with_ibp``),
 so ``backward`` alone can be slightly tighter than textbook CROWN when IBP wins on a neuron.
@@ -100,9 +102,10 @@ class Propagator:
             passes go a few boxes at a time.
         local_forms: keep forward forms as patches through the convolutional stem when the
             input set is a box (:mod:`evax.bounds.local_forms`; same bounds, far less work).
-        skip_stable: let CROWN skip the rows of neurons that are stable for every box when
-            they only feed activations with their kink at 0 (same bounds, less work; False
-            recomputes every row, for tests).
+        skip_stable: let CROWN skip the rows of neurons that interval arithmetic proves stable
+            when they only feed activations with their kink at 0 (their bounds stay the IBP
+            chain's, per box; False bounds every neuron by CROWN too, which can tighten the
+            IBP chain downstream: slower, and sometimes tighter).
         prune_dominated: skip the forward pass where backward runs too (it cannot tighten
             anything: :func:`forward_dominated`); False computes both, for tests.
     """
@@ -331,6 +334,14 @@ class Propagator:
                     lo_r, hi_r = view._backward_rows(i, r, optimise=optimise)
                     lower[boxes, r] = torch.maximum(lower[boxes, r], lo_r)
                     upper[boxes, r] = torch.minimum(upper[boxes, r], hi_r)
+        if kinks_only:
+            # A neuron stable in this box keeps its reference bounds even when it was computed
+            # (because it is unstable in another box of the batch): its relaxation is exact
+            # either way, but tighter bounds would feed the IBP chain downstream, and a box's
+            # bounds would then depend on the other boxes it is batched with.
+            unstable = (ref_lo < 0) & (ref_hi > 0)
+            lower = torch.where(unstable, lower, ref_lo)
+            upper = torch.where(unstable, upper, ref_hi)
         shape = (n, *node.shape)
         return lower.view(shape), upper.view(shape)
 
