@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from evax.bounds.local_forms import axis_valid
+from evax.bounds.ops.base import same_flat_order
 
 if TYPE_CHECKING:  # pragma: no cover
     from evax.bounds.graph import Graph
@@ -172,8 +173,6 @@ def local_lower_bounds(
 def window_dot(lam: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
     """``sum over (C, Rh, Rw)`` of ``lam * win``: ``(B, P, K, ...) x (B', P, 1, ...) -> (B*, P, K)``,
     as a batched matrix-vector product (no temporary of ``lam``'s size)."""
-    from evax.bounds.ops.base import same_flat_order
-
     lam, win = same_flat_order(lam, win)
     return torch.matmul(lam.flatten(3), win.flatten(3).transpose(-1, -2)).squeeze(-1)
 

@@ -11,11 +11,11 @@ to their input's bounds: no linear bound can be tighter (see :meth:`Propagator._
 Backward passes for intermediate nodes skip neurons that are already *stable* (``l >= 0`` or
 ``u <= 0``) under interval arithmetic when all users of the node are ReLU/LeakyReLU whose own
 bounds are not needed: their relaxation is exact whatever the bounds. Stability is judged per
-box: a neuron stable in a box keeps its interval bounds in that box even when its CROWN row was
-computed for another box of the batch, so a box's bounds never depend on its batch (tighter
-bounds of a stable neuron would only reach later nodes through the IBP chain below). Stability is judged on a running IBP chain that the
-engine keeps even when ``ibp`` is not one of the requested methods; CROWN's intermediate bounds
-are also intersected with it (nearly free, never looser: auto_LiRPA's ``compare_crown_with_ibp``),
+box, on a running IBP chain that the engine keeps even when ``ibp`` is not one of the requested
+methods: a neuron stable in a box keeps its interval bounds in that box even when its CROWN row
+was computed for another box of the batch, so a box's bounds never depend on its batch (tighter
+bounds of a stable neuron would only reach later nodes through the IBP chain). CROWN's
+intermediate bounds are also intersected with it (nearly free, never looser: auto_LiRPA's ``compare_crown_with_ibp``),
 so ``backward`` alone can be slightly tighter than textbook CROWN when IBP wins on a neuron.
 On a box, the first affine layer's bounds come from that chain too: interval arithmetic is
 exact for an affine map of a box, so a backward pass would only repeat it.
@@ -312,8 +312,9 @@ class Propagator:
         kinks_only = self.skip_stable and all(
             g.nodes[u].op.kink_at_zero and not g.needs_bounds(u) for u in node.users
         )
-        if kinks_only:
-            rows = ((ref_lo < 0) & (ref_hi > 0)).any(dim=0).nonzero()[:, 0]
+        unstable = (ref_lo < 0) & (ref_hi > 0) if kinks_only else None  # (N, numel)
+        if unstable is not None:
+            rows = unstable.any(dim=0).nonzero()[:, 0]
         else:
             rows = torch.arange(node.numel, device=ref_lo.device)
         lower, upper = ref_lo.clone(), ref_hi.clone()
@@ -334,12 +335,11 @@ class Propagator:
                     lo_r, hi_r = view._backward_rows(i, r, optimise=optimise)
                     lower[boxes, r] = torch.maximum(lower[boxes, r], lo_r)
                     upper[boxes, r] = torch.minimum(upper[boxes, r], hi_r)
-        if kinks_only:
+        if unstable is not None:
             # A neuron stable in this box keeps its reference bounds even when it was computed
             # (because it is unstable in another box of the batch): its relaxation is exact
             # either way, but tighter bounds would feed the IBP chain downstream, and a box's
             # bounds would then depend on the other boxes it is batched with.
-            unstable = (ref_lo < 0) & (ref_hi > 0)
             lower = torch.where(unstable, lower, ref_lo)
             upper = torch.where(unstable, upper, ref_hi)
         shape = (n, *node.shape)
