@@ -33,7 +33,7 @@ from torch import nn
 
 from evax.attribution.base import TargetLike
 from evax.core.checks import check_clip, check_positive_float, check_positive_int, check_tensor
-from evax.core.explainers import call_explainer, find_model
+from evax.core.explainers import call_explainer, find_model, is_explainer
 from evax.core.modes import eval_mode
 from evax.core.noise import GaussianNoise, NoiseDistribution, UniformNoise
 from evax.core.progress import progress_bar
@@ -88,7 +88,7 @@ class Smoothed:
         seed: int = 0,
         progress: bool | None = None,
     ) -> None:
-        if not hasattr(explainer, "attribute") and not callable(explainer):
+        if not is_explainer(explainer):
             raise InvalidInputError(
                 f"explainer must have .attribute(inputs, target) or be a callable, got {type(explainer).__name__}"
             )

@@ -18,7 +18,13 @@ from evax.errors import InvalidInputError
 
 Explainer = Callable[..., torch.Tensor] | Any
 
-__all__ = ["Explainer", "call_explainer", "find_model"]
+__all__ = ["Explainer", "call_explainer", "find_model", "is_explainer"]
+
+
+def is_explainer(obj: Any) -> bool:
+    """Whether ``obj`` can be called as an explainer (has ``.attribute`` or is callable; a
+    tensor is an explanation, not an explainer)."""
+    return not isinstance(obj, torch.Tensor) and (hasattr(obj, "attribute") or callable(obj))
 
 
 def call_explainer(explainer: Explainer, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

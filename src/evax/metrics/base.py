@@ -45,7 +45,7 @@ from torch import nn
 from evax.core.baselines import BaselineLike as BaselineLike
 from evax.core.baselines import make_baseline as make_baseline
 from evax.core.checks import check_inputs, check_tensor
-from evax.core.explainers import Explainer, call_explainer
+from evax.core.explainers import Explainer, call_explainer, is_explainer
 from evax.core.modes import eval_mode
 from evax.core.progress import progress_bar
 from evax.core.random import generator
@@ -144,7 +144,7 @@ class ExplanationMetric(Metric):
         """``explanations`` as a tensor: itself, or the explainer's output on the inputs."""
         if isinstance(explanations, torch.Tensor):
             return explanations
-        if not hasattr(explanations, "attribute") and not callable(explanations):
+        if not is_explainer(explanations):
             raise InvalidInputError(
                 "explanations must be a tensor or an explainer (an object with .attribute(inputs, target) "
                 f"or a callable explain(inputs, target)), got {type(explanations).__name__}"
@@ -163,7 +163,7 @@ class ExplainerMetric(Metric):
 
     @staticmethod
     def check_explainer(explainer: Any) -> None:
-        if isinstance(explainer, torch.Tensor) or (not hasattr(explainer, "attribute") and not callable(explainer)):
+        if not is_explainer(explainer):
             raise InvalidInputError(
                 "explainer must be an object with .attribute(inputs, target) or a callable "
                 f"explain(inputs, target), got {type(explainer).__name__}"
