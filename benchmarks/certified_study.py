@@ -117,6 +117,30 @@ def _cell(row: dict, metric: str) -> str:
     return text
 
 
+def summary(settings: list[dict]) -> str:
+    """One row per setting (the table of docs/REPRODUCTION.md): EVA's Tightness, certified share
+    and scores, Saliency's paired difference to EVA, and how many baselines are better / worse
+    than EVA by more than 2 SE on each metric."""
+    lines = ["| model | eps | n | wall s (cells computed) | EVA Tightness | certified | EVA Del.↓ | EVA Ins.↑ | "
+             "EVA μFid.↑ | Saliency − EVA: Del. | Ins. | μFid. | baselines better / worse than EVA (> 2 SE), "
+             "Del./Ins./μFid. |", "|---" * 13 + "|"]
+    for s in settings:
+        by = {(r["method"], r["metric"]): r for r in s["rows"]}
+        counts = []
+        for k in METRICS:
+            significant = [r for (m, kk), r in by.items() if kk == k and m != "EVA" and r["diff"] is not None
+                           and abs(r["diff"]) > 2 * r["diff_se"]]
+            better = sum((r["diff"] < 0) == LOWER_IS_BETTER[k] for r in significant)
+            counts.append(f"{better}/{len(significant) - better}")
+        lines.append(
+            f"| {s['model']} | {s['eps']} | {s['n']} | {s['seconds']:.0f} ({s.get('cells', {}).get('computed', '?')}) | "
+            f"{s['mean_ao']:.4g} | {s['certified_robust']:.2f} | "
+            + " | ".join(f"{by[('EVA', k)]['mean']:.3f} ± {by[('EVA', k)]['se']:.3f}" for k in METRICS) + " | "
+            + " | ".join(f"{by[('Saliency', k)]['diff']:+.3f} ± {by[('Saliency', k)]['diff_se']:.3f}" for k in METRICS)
+            + " | " + " · ".join(counts) + " |")
+    return "\n".join(lines)
+
+
 def markdown(settings: list[dict]) -> str:
     """One table per (model, eps): method rows, metric columns; in brackets the paired difference
     method - EVA (``better``: the baseline beats EVA on that metric)."""
@@ -179,7 +203,7 @@ def main() -> None:
               f"robust {s['certified_robust']:.2f}  EVA " + "  ".join(
                   f"{k} {eva[k]['mean']:.3f}" for k in METRICS if eva[k]["mean"] is not None), flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".md").write_text(markdown(settings))
+        out.with_suffix(".md").write_text(summary(settings) + "\n\n" + markdown(settings))
         out.write_text(json.dumps({
             "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
                         "torch": torch.__version__},
@@ -187,6 +211,7 @@ def main() -> None:
             "settings": vars(args), "results": settings, "exact_tiny": tiny, "exact_tiny_source": tiny_source},
             indent=1, default=str))
     print(markdown(settings))
+    print(summary(settings))
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
