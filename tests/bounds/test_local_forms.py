@@ -255,3 +255,27 @@ def test_dense_passes_a_few_boxes_at_a_time_give_the_same_bounds(arch, methods):
     whole = Propagator(graph, inset, frozenset(methods.split("+"))).run(spec)
     split = Propagator(graph, inset, frozenset(methods.split("+")), box_budget=1).run(spec)
     _assert_close(split, whole)
+
+
+def test_chunks_share_their_groups_root(monkeypatch):
+    """A chunk cut inside a group of EVA boxes runs with the group's root prepended (so its
+    boxes still share the stem's work); the results are those of one chunk, box by box."""
+    from evax.bounds import api
+
+    model = conv_stem(seed=8)
+    gen = torch.Generator().manual_seed(4)
+    inset = _eva_boxes(torch.rand((2, 3, 12, 12), generator=gen), n_side=4, eps=0.15)
+    whole = evax.bound(model, inset, "backward", batch_size=inset.batch_size)
+    seen: list[int] = []
+    run = api._run_combination
+
+    def recording(graph, sub, *args, **kwargs):
+        seen.append(sub.batch_size)
+        return run(graph, sub, *args, **kwargs)
+
+    monkeypatch.setattr(api, "_run_combination", recording)
+    chunked = evax.bound(model, inset, "backward", batch_size=6)
+    # 34 boxes (groups [0, 17) and [17, 34)) in chunks of 6: every chunk but the first gets
+    # the root (box 0 or 17) of its boxes from an earlier chunk.
+    assert seen == [6, 7, 7, 7, 7, 5]
+    _assert_close((chunked.lower, chunked.upper), (whole.lower, whole.upper))

@@ -15,6 +15,7 @@ from evax.bounds.propagate import (
     AlphaOptions,
     Propagator,
     bounds_its_own_temporaries,
+    box_roots,
     estimate_floats_per_box,
     estimate_largest_tensor,
     estimate_state_floats_per_box,
@@ -138,6 +139,26 @@ def _run_combination(graph: Graph, inset: PerturbationSet, methods: frozenset[st
             lo_m, hi_m = Propagator(graph, inset, frozenset({member}), alpha=alpha).run(spec, side)
             lo, hi = torch.maximum(lo, lo_m), torch.minimum(hi, hi_m)
     return lo, hi
+
+
+def _box_roots(inset: PerturbationSet, input_shape) -> torch.Tensor:
+    """``(N,)`` each box's root (:func:`~evax.bounds.propagate.box_roots`)."""
+    centre = inset.reference().reshape(inset.batch_size, *input_shape)
+    return box_roots(centre, inset.box_radius().reshape(centre.shape))[0]
+
+
+def _chunk_index(start: int, stop: int, roots: torch.Tensor | None, device) -> torch.Tensor:
+    """Boxes of the chunk ``[start, stop)``, preceded by the roots of its boxes that lie in an
+    earlier chunk (their results are dropped): a chunk cut in the middle of a group of boxes
+    (EVA's boxes of one image) still shares the stem's work with the group's root, which
+    costs one box more rather than a whole box's stem for every box of the chunk (done for
+    roots shared by at least two boxes of the chunk)."""
+    index = torch.arange(start, stop, device=device)
+    if roots is None:
+        return index
+    earlier, count = torch.unique(roots[start:stop], return_counts=True)
+    earlier = earlier[(earlier < start) & (count > 1)].to(device)  # one box alone: no gain
+    return torch.cat([earlier, index]) if earlier.numel() else index
 
 
 def _alpha_options(iterations, lr, intermediate) -> AlphaOptions:
@@ -272,7 +293,8 @@ def bound(
                     upper = torch.full_like(upper, torch.inf)
             else:
                 methods = parse_method(method)
-                if batch_size is None and bounds_its_own_temporaries(graph, methods, inset):
+                shares_stem = bounds_its_own_temporaries(graph, methods, inset)
+                if batch_size is None and shares_stem:
                     itemsize = torch.finfo(dtype).bits // 8
                     state = estimate_state_floats_per_box(graph) * itemsize
                     batch_size = max(1, min(n, _DEFAULT_MEMORY // state))
@@ -283,13 +305,15 @@ def bound(
                     largest = estimate_largest_tensor(graph, methods) * itemsize
                     batch_size = max(1, min(_DEFAULT_MEMORY // per_box, _TEMPORARY_BYTES // largest))
                     batch_size = -(-n // -(-n // batch_size))  # equal chunks: no small last one
+                roots = _box_roots(inset, graph.input_shape) if shares_stem and batch_size < n else None
                 los, his = [], []
                 for start in range(0, n, batch_size):
-                    sl = slice(start, start + batch_size)
-                    sub_spec = None if spec_t is None else spec_t[sl]
-                    lo, hi = _run_combination(graph, inset.select(sl), methods, sub_spec, alpha, side)
-                    los.append(lo)
-                    his.append(hi)
+                    index = _chunk_index(start, min(n, start + batch_size), roots, device)
+                    extra = index.numel() - min(batch_size, n - start)
+                    sub_spec = None if spec_t is None else spec_t[index]
+                    lo, hi = _run_combination(graph, inset.select(index), methods, sub_spec, alpha, side)
+                    los.append(lo[extra:])
+                    his.append(hi[extra:])
                 lower, upper = torch.cat(los), torch.cat(his)
     if certify:
         magnitude = torch.maximum(lower.abs(), upper.abs())
