@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from evax.bounds.delta_backward import as_maps, delta_lower, plan_delta
 from evax.bounds.graph import Graph
 from evax.bounds.local_backward import local_lower_bounds, stem_chain, stem_window
 from evax.bounds.local_forms import LocalForm, concretize_local, densify, input_local_form, local_forward
@@ -111,6 +112,9 @@ class Propagator:
             IBP chain downstream: slower, and sometimes tighter).
         prune_dominated: skip the forward pass where backward runs too (it cannot tighten
             anything: :func:`forward_dominated`); False computes both, for tests.
+        delta_passes: run the dense backward passes of boxes that differ from their root on a
+            few pixels as differences on a window (:mod:`evax.bounds.delta_backward`; same
+            bounds); False runs every box densely, for tests.
     """
 
     def __init__(
@@ -125,7 +129,9 @@ class Propagator:
         skip_stable: bool = True,
         alpha: AlphaOptions | None = None,
         prune_dominated: bool = True,
+        delta_passes: bool = True,
     ) -> None:
+        self.delta_passes = delta_passes
         self.skip_stable = skip_stable
         self.box_budget = box_budget
         self.graph = graph
@@ -328,18 +334,12 @@ class Propagator:
         if chain is not None and rows.numel():
             self._backward_positions(i, chain, rows, lower, upper)
         elif rows.numel():
-            widest = max(g.nodes[j].numel for j in range(i + 1))
-            step = self._box_step(2 * widest)
-            budget = self.row_budget if step >= n else self.box_budget
-            chunk = max(1, budget // max(1, 2 * step * widest))
-            for b0 in range(0, n, step):
-                boxes = slice(b0, b0 + step)
-                view = self if step >= n else self._boxes(boxes)
-                for start in range(0, rows.numel(), chunk):
-                    r = rows[start : start + chunk]
-                    lo_r, hi_r = view._backward_rows(i, r, optimise=optimise)
-                    lower[boxes, r] = torch.maximum(lower[boxes, r], lo_r)
-                    upper[boxes, r] = torch.minimum(upper[boxes, r], hi_r)
+            todo = torch.arange(n, device=ref_lo.device)
+            if self._local and self.delta_passes and not optimise:
+                done = self._backward_delta(i, rows, lower, upper)
+                if done is not None:
+                    todo = (~done).nonzero()[:, 0]
+            self._backward_dense(i, rows, todo, lower, upper, optimise)
         if unstable is not None:
             # A neuron stable in this box keeps its reference bounds even when it was computed
             # (because it is unstable in another box of the batch): its relaxation is exact
@@ -349,6 +349,78 @@ class Propagator:
             upper = torch.where(unstable, upper, ref_hi)
         shape = (n, *node.shape)
         return lower.view(shape), upper.view(shape)
+
+    def _backward_dense(self, i: int, rows, boxes: torch.Tensor, lower, upper, optimise: bool) -> None:
+        """CROWN bounds of the neurons ``rows`` of node ``i`` in the boxes ``boxes`` by dense
+        backward passes (a few boxes at a time when one row for every box would not fit the
+        budget); tightens ``lower``/``upper`` ``(N, numel)`` in place."""
+        g = self.graph
+        n, m = self.inset.batch_size, boxes.numel()
+        if m == 0:
+            return
+        widest = max(g.nodes[j].numel for j in range(i + 1))
+        step = self._box_step(2 * widest, m)
+        budget = self.row_budget if step >= m else self.box_budget
+        chunk = max(1, budget // max(1, 2 * step * widest))
+        for b0 in range(0, m, step):
+            sel = boxes[b0 : b0 + step]
+            view = self if sel.numel() == n else self._boxes(sel)
+            for start in range(0, rows.numel(), chunk):
+                r = rows[start : start + chunk]
+                lo_r, hi_r = view._backward_rows(i, r, optimise=optimise)
+                at = (sel.view(-1, 1), r.view(1, -1))
+                lower[at] = torch.maximum(lower[at], lo_r)
+                upper[at] = torch.minimum(upper[at], hi_r)
+
+    def _backward_delta(self, i: int, rows, lower, upper) -> torch.Tensor | None:
+        """CROWN bounds of the neurons ``rows`` of node ``i`` for the boxes that differ from
+        their root on a few pixels, as the root's dense pass plus each box's difference on a
+        window (:mod:`evax.bounds.delta_backward`; the same bounds as the dense pass, to float
+        rounding). Tightens ``lower``/``upper`` in place and returns the ``(N,)`` boxes done
+        (those boxes and their roots), or ``None`` when no box gains from it."""
+        g = self.graph
+        if i in self._input_linears:
+            return None
+        n = self.inset.batch_size
+        start, lam, const = self._start_rows(i, rows)
+        if lam.shape[0] != 1:
+            return None
+        centre = self.inset.reference().reshape(n, *g.input_shape)
+        radius = self._box_radius.reshape(centre.shape)
+        root, _ = box_roots(centre, radius)
+        plan = plan_delta(g, start, self.relax, root, centre, radius)
+        if plan is None:
+            return None
+        roots = plan.roots
+        view = self._boxes(roots)
+        k = lam.shape[1]
+        widest = max(g.nodes[j].numel for j in range(i + 1))
+        row_step = max(1, self.row_budget // (4 * roots.numel() * widest))
+        rh, rw = stem_window(g, plan.stem)
+        channels = max(g.nodes[j].shape[0] for j in [*plan.stem, 0])
+        per_pair = 6 * channels * (plan.window[0] + rh) * (plan.window[1] + rw)
+        r = rows.numel()
+        lows = []
+        for k0 in range(0, k, row_step):
+            part = slice(k0, k0 + row_step)
+            record = dict.fromkeys(plan.recorded)
+            low_root = view._pull_back({start: lam[:, part]}, None if const is None else const[:, part], record=record)
+            record = as_maps(record, roots.numel())
+            pairs = max(1, self.patch_budget // (per_pair * low_root.shape[1]))
+            cache: dict = {}
+            diffs = [
+                delta_lower(g, plan, self.relax, record, centre, radius, slice(p0, p0 + pairs), cache)
+                for p0 in range(0, plan.boxes.numel(), pairs)
+            ]
+            lows.append(torch.cat([low_root, low_root[plan.root_pos] + torch.cat(diffs)]))
+        low = torch.cat(lows, dim=1)
+        done_boxes = torch.cat([roots, plan.boxes])
+        at = (done_boxes.view(-1, 1), rows.view(1, -1))
+        lower[at] = torch.maximum(lower[at], low[:, :r])
+        upper[at] = torch.minimum(upper[at], -low[:, r:])
+        done = torch.zeros(n, dtype=torch.bool, device=rows.device)
+        done[done_boxes] = True
+        return done
 
     def _backward_positions(self, i: int, chain: list[int], rows, lower, upper) -> None:
         """CROWN bounds of a conv-stem node, position by position (:mod:`local_backward`):
@@ -402,11 +474,12 @@ class Propagator:
         needed = differs.flatten(1)
         return root, needed
 
-    def _box_step(self, floats_per_box: int) -> int:
-        """Boxes per dense backward pass: all of them unless one row for every box would exceed
-        ``box_budget`` floats (then the passes go a few boxes at a time, so that no temporary
-        outgrows the budget: large fresh allocations cost more in page faults than they save)."""
-        n = self.inset.batch_size
+    def _box_step(self, floats_per_box: int, n: int | None = None) -> int:
+        """Boxes per dense backward pass over ``n`` boxes (default: all of them): all unless one
+        row for every box would exceed ``box_budget`` floats (then the passes go a few boxes at
+        a time, so that no temporary outgrows the budget: large fresh allocations cost more in
+        page faults than they save)."""
+        n = self.inset.batch_size if n is None else n
         if n * floats_per_box <= self.box_budget:
             return n
         return max(1, self.box_budget // max(1, floats_per_box))
@@ -429,9 +502,7 @@ class Propagator:
         """Lower and upper CROWN bounds of the neurons ``rows`` of node ``i``: ``(N, R)`` each.
 
         ``optimise``: alpha-CROWN on these rows (:attr:`AlphaOptions.intermediate`)."""
-        node = self.graph.nodes[i]
         r = rows.numel()
-        ref = self.inset.center
         if i in self._input_linears:
             # The node is an affine map of the input: its bounds are concretised directly.
             weight, bias, _ = self._input_linears[i]
@@ -442,6 +513,18 @@ class Propagator:
                 const = torch.cat([bias[rows], -bias[rows]]).unsqueeze(0)
             lower = self.inset.concretize(lam, const.expand(self.inset.batch_size, -1))
             return lower[:, :r], -lower[:, r:]  # exact: nothing to optimise
+        start, lam, const = self._start_rows(i, rows)
+        lower = self._pull_back({start: lam}, const)
+        if optimise:
+            lower = self._optimise_slopes(start, lam, const, lower)
+        return lower[:, :r], -lower[:, r:]
+
+    def _start_rows(self, i: int, rows: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor | None]:
+        """Where the backward pass of the neurons ``rows`` of node ``i`` (both sides: ``+e`` then
+        ``-e``) starts: ``(node, multipliers (1, 2R, *shape), constant (1, 2R) or None)``."""
+        node = self.graph.nodes[i]
+        r = rows.numel()
+        ref = self.inset.center
         if node.op.as_matrix() is not None:
             # Start one op down: the rows of W are the multipliers of the linear layer's input.
             weight, bias = node.op.as_matrix()
@@ -451,22 +534,21 @@ class Propagator:
             if bias is not None:
                 b = bias[rows]
                 const = torch.cat([b, -b]).unsqueeze(0)
-            start = node.inputs[0]
-        else:
-            lam = torch.zeros((2 * r, node.numel), device=ref.device, dtype=ref.dtype)
-            ar = torch.arange(r, device=ref.device)
-            lam[ar, rows] = 1.0
-            lam[ar + r, rows] = -1.0
-            start, const, lam = i, None, lam.view(1, 2 * r, *node.shape)
-        lower = self._pull_back({start: lam}, const)
-        if optimise:
-            lower = self._optimise_slopes(start, lam, const, lower)
-        return lower[:, :r], -lower[:, r:]
+            return node.inputs[0], lam, const
+        lam = torch.zeros((2 * r, node.numel), device=ref.device, dtype=ref.dtype)
+        ar = torch.arange(r, device=ref.device)
+        lam[ar, rows] = 1.0
+        lam[ar + r, rows] = -1.0
+        return i, lam.view(1, 2 * r, *node.shape), None
 
-    def _pull_back(self, lams: dict[int, torch.Tensor], const: torch.Tensor | None, relax=None) -> torch.Tensor:
+    def _pull_back(
+        self, lams: dict[int, torch.Tensor], const: torch.Tensor | None, relax=None, record: dict | None = None
+    ) -> torch.Tensor:
         """Propagate multipliers down to the input and concretise: lower bound ``(N, K)``.
 
-        ``relax`` overrides the relaxations (alpha-CROWN's, with per-row slopes)."""
+        ``relax`` overrides the relaxations (alpha-CROWN's, with per-row slopes). ``record``:
+        its keys are nodes whose multipliers (``(N, K, *shape)``, what reaches the node from
+        above) are stored in it on the way."""
         g = self.graph
         relax = self.relax if relax is None else relax
         n = self.inset.batch_size
@@ -476,6 +558,8 @@ class Propagator:
             if lam is None:
                 continue
             node = g.nodes[j]
+            if record is not None and j in record:
+                record[j] = lam
             if node.op is None:
                 bias = torch.zeros((n, lam.shape[1]), device=lam.device, dtype=lam.dtype)
                 if total is not None:

@@ -132,6 +132,50 @@ class MaxPool2d(Op):
         out.scatter_add_(2, index.view(n, 1, -1).expand(n, k, -1), coef.reshape(n, k, -1))
         return [out.view(n, k, *self.in_shape)], const
 
+    def input_support(self, mask: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, Ho, Wo)`` bool -> ``(N, 1, H, W)``: the inputs some True output reads."""
+        kernel = torch.ones((1, 1, *self.kernel_size), device=mask.device, dtype=torch.float32)
+        extra = tuple(
+            size - ((o - 1) * s - 2 * p + d * (k - 1) + 1)
+            for size, o, s, p, d, k in zip(self.in_shape[1:], mask.shape[-2:], self.stride, self.padding,
+                                           self.dilation, self.kernel_size, strict=True)
+        )
+        hit = F.conv_transpose2d(mask.to(torch.float32), kernel, None, self.stride, self.padding, extra, 1,
+                                 self.dilation)
+        return hit > 0
+
+    def window_backward(self, lam, relaxation, origin, window, valid):
+        """:meth:`backward` of a window of outputs into a window of the input (for
+        :mod:`evax.bounds.delta_backward`).
+
+        Args:
+            lam: ``(P, K, C, ph, pw)`` multipliers of each pair's output window (zero where
+                ``valid`` is False).
+            relaxation: the relaxation read on the same windows, each ``(P, C, ph, pw)``.
+            origin: ``(P, 2)`` input row/column of entry ``(0, 0)`` of each input window.
+            window: ``(Rh, Rw)`` the input window, which holds every input a valid output picks.
+            valid: ``(P, ph, pw)`` the outputs that may contribute.
+        Returns:
+            ``(P, K, C, Rh, Rw)`` multipliers of the input window and the ``(P, K)`` constant.
+        """
+        index, dominant, u_max = relaxation
+        p, k, c = lam.shape[:3]
+        _, h, w = self.in_shape
+        rh, rw = window
+        row = (index % (h * w)) // w - origin[:, 0].view(p, 1, 1, 1)
+        col = index % w - origin[:, 1].view(p, 1, 1, 1)
+        inside = (row >= 0) & (row < rh) & (col >= 0) & (col < rw)
+        if bool((valid.unsqueeze(1) & ~inside).any()):
+            raise RuntimeError("max pooling: a picked input lies outside its window")  # pragma: no cover
+        local = ((index // (h * w)) * rh + row.clamp(0, rh - 1)) * rw + col.clamp(0, rw - 1)
+        pos, neg = lam.clamp_min(0), lam.clamp_max(0)
+        dom = dominant.unsqueeze(1)
+        coef = pos + neg * dom
+        const = (neg * (~dom) * u_max.unsqueeze(1)).flatten(2).sum(dim=2)
+        out = torch.zeros((p, k, c * rh * rw), device=lam.device, dtype=lam.dtype)
+        out.scatter_add_(2, local.reshape(p, 1, -1).expand(p, k, -1), coef.reshape(p, k, -1))
+        return out.view(p, k, c, rh, rw), const
+
     def local_forward(self, form, relaxation, out_shape) -> Form | None:
         """:meth:`forward` with the picked inputs gathered from the patches (a dense form out:
         the stride breaks the window geometry, and this is much cheaper than densifying first).
