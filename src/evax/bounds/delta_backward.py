@@ -131,9 +131,18 @@ class DeltaPlan:
 
     @property
     def recorded(self) -> list[int]:
-        """Nodes whose root multipliers the differences read: the relaxed ops' outputs on the
-        way, and the input."""
-        return [*self.relaxed, 0]
+        """Nodes whose root multipliers the differences read: the relaxed ops' outputs and
+        inputs on the way, and the input."""
+        return sorted({*self.relaxed, *self.stem_inputs, 0})
+
+    @property
+    def sums_for(self) -> list[int]:
+        """The relaxed stem ops: the root's side of their rule is read off the root's pass
+        (their input's multipliers, and the prefix sums of the constant's shares)."""
+        return [j for j in self.relaxed if j in self.stem]
+
+    stem_inputs: tuple[int, ...] = ()
+    """The input nodes of :attr:`sums_for`."""
 
 
 def plan_delta(
@@ -172,7 +181,7 @@ def plan_delta(
     for idx, j in enumerate(stem):
         if nodes[j].op.needs_relaxation:
             d = relaxation_differs(relax.get(j), root, tuple(nodes[j].shape[1:]))
-            if d is None:
+            if d is None or not hasattr(nodes[j].op, "const_map"):
                 return None
             mask |= up(d, stem[:idx])
             relaxed.append(j)
@@ -196,6 +205,7 @@ def plan_delta(
     window = (int((rect[:, 2] - rect[:, 0]).max()), int((rect[:, 3] - rect[:, 1]).max()))
     roots, root_pos = torch.unique(root[boxes], return_inverse=True)
     plan = DeltaPlan(top, stem, boxes, roots, root_pos, rect[:, :2], window, relaxed)
+    plan.stem_inputs = tuple(nodes[j].inputs[0] for j in plan.sums_for)
     if entry_mask is not None:
         e_rect = _rects(entry_mask[boxes])
         plan.entry_anchor = e_rect[:, :2]
@@ -208,7 +218,7 @@ def delta_lower(
     graph: Graph,
     plan: DeltaPlan,
     relax: dict,
-    recorded: dict[int, torch.Tensor],
+    root: RootPass,
     centre: torch.Tensor,
     radius: torch.Tensor,
     pairs: slice,
@@ -217,8 +227,7 @@ def delta_lower(
     """``(P', K)`` each box's lower bound minus its root's, for the boxes ``plan.boxes[pairs]``.
 
     Args:
-        recorded: the roots' multipliers at ``plan.recorded``, each as a map ``(R, K * C, H, W)``
-            (see :func:`as_maps`).
+        root: what the roots' dense pass left (:func:`root_pass`).
         centre, radius: ``(N, C, H, W)`` the input boxes.
         cache: shared by the calls with the same ``recorded`` (padded copies of the maps, see
             :class:`~evax.bounds.local_backward.Windows`).
@@ -233,13 +242,12 @@ def delta_lower(
     win_box = Windows(anchor[:, 0], anchor[:, 1], boxes, cache, size)
     win_root = Windows(anchor[:, 0], anchor[:, 1], root_box, cache, size)
     win_rec = Windows(anchor[:, 0], anchor[:, 1], root_pos, cache, size)
+    recorded = root.maps
     ref = recorded[0]
-    k = ref.shape[1] // graph.input_shape[0]
-    p = boxes.numel()
+    p, k = boxes.numel(), ref.shape[1]
 
     def root_lam(j: int, offset, window) -> torch.Tensor:
-        got = win_rec.gather(recorded[j], offset, window)  # (1, P, 1, K * C, Rh, Rw)
-        return got.view(1, p, k, -1, *window)
+        return win_rec.gather(recorded[j], offset, window)  # (1, P, K, C, Rh, Rw)
 
     const = torch.zeros((1, p, k), device=ref.device, dtype=ref.dtype)
     c_t = nodes[t].shape[0]
@@ -251,11 +259,15 @@ def delta_lower(
         node = nodes[j]
         in_shape = nodes[node.inputs[0]].shape
         if node.op.needs_relaxation:
-            lam_r = root_lam(j, offset, tuple(delta.shape[-2:]))
+            window = tuple(delta.shape[-2:])
+            lam_r = root_lam(j, offset, window)
             new_u, c_u, out_offset = node.op.local_backward(
                 lam_r + delta, const, offset, win_box, relax.get(j), node.shape, in_shape
             )
-            new_r, c_r, _ = node.op.local_backward(lam_r, 0.0, offset, win_root, relax.get(j), node.shape, in_shape)
+            # The root's side, read off its pass: its input's multipliers and constant's shares.
+            new_r = root_lam(node.inputs[0], out_offset, tuple(new_u.shape[-2:]))
+            top, left = anchor[:, 0] + offset[0], anchor[:, 1] + offset[1]
+            c_r = _window_sum(root.const_sums[j], root_pos, top, left, window)
             delta, const = new_u - new_r, c_u - c_r
         else:
             delta, const, out_offset = node.op.local_backward(
@@ -272,13 +284,49 @@ def delta_lower(
     return (value_u - value_r + const)[0]
 
 
-def as_maps(recorded: dict[int, torch.Tensor], roots: int) -> dict[int, torch.Tensor]:
-    """Recorded multipliers ``(R or 1, K, C, H, W)`` as the maps :func:`delta_lower` reads,
-    ``(R, K * C, H, W)`` (made once: the windows cache their padded copies by identity)."""
-    return {j: t.expand(roots, *t.shape[1:]).reshape(roots, -1, *t.shape[-2:]) for j, t in recorded.items()}
+@dataclass
+class RootPass:
+    """What the differences read of their roots' dense pass.
+
+    Attributes:
+        maps: the roots' multipliers ``(R, K, C, H, W)`` at ``plan.recorded``.
+        const_sums: for the ops ``plan.sums_for``, 2-D prefix sums ``(R, K, H + 1, W + 1)`` of
+            each neuron's share of the op's constant (summed over channels): a window's share is
+            four reads.
+    """
+
+    maps: dict[int, torch.Tensor]
+    const_sums: dict[int, torch.Tensor]
 
 
-def _entry_delta(graph, plan: DeltaPlan, relax, recorded, pairs, boxes, root_box, root_pos, cache):
+def root_pass(graph: Graph, plan: DeltaPlan, relax: dict, recorded: dict[int, torch.Tensor]) -> RootPass:
+    """:class:`RootPass` from the multipliers recorded in the roots' pass (``(R or 1, K, *shape)``)."""
+    r = plan.roots.numel()
+    maps = {j: t.expand(r, *t.shape[1:]) for j, t in recorded.items()}
+    sums = {}
+    for j in plan.sums_for:
+        relaxation = tuple(t[plan.roots] if t.shape[0] > 1 else t for t in relax[j])
+        share = graph.nodes[j].op.const_map(maps[j], relaxation).sum(dim=2)  # (R, K, H, W)
+        sums[j] = torch.nn.functional.pad(share.cumsum(-2).cumsum(-1), (1, 0, 1, 0))
+    return RootPass(maps, sums)
+
+
+def _window_sum(sums: torch.Tensor, box: torch.Tensor, top: torch.Tensor, left: torch.Tensor, window) -> torch.Tensor:
+    """``(P, K)`` sums over the windows ``[top, + Rh) x [left, + Rw)`` (clipped to the map) of
+    the maps whose prefix sums are ``sums`` ``(R, K, H + 1, W + 1)``, map ``box[q]`` for pair ``q``."""
+    h, w = sums.shape[-2] - 1, sums.shape[-1] - 1
+    y0, y1 = top.clamp(0, h), (top + window[0]).clamp(0, h)
+    x0, x1 = left.clamp(0, w), (left + window[1]).clamp(0, w)
+    s = sums[box]  # (P, K, H + 1, W + 1)
+    ar = torch.arange(box.numel(), device=box.device)
+
+    def at(y, x):
+        return s[ar, :, y, x]
+
+    return at(y1, x1) - at(y0, x1) - at(y1, x0) + at(y0, x0)
+
+
+def _entry_delta(graph, plan: DeltaPlan, relax, recorded: dict[int, torch.Tensor], pairs, boxes, root_box, root_pos, cache):
     """Difference of the op entering the stem (relaxed, e.g. max pooling) between each box and
     its root, on the box's window of the stem's top node: ``(1, P, K, C, Rh, Rw)``, ``(1, P, K)``.
     Only the outputs where the relaxations differ contribute (elsewhere both are the same)."""
@@ -290,17 +338,15 @@ def _entry_delta(graph, plan: DeltaPlan, relax, recorded, pairs, boxes, root_box
     win_box = Windows(anchor[:, 0], anchor[:, 1], boxes, cache, size)
     win_root = Windows(anchor[:, 0], anchor[:, 1], root_box, cache, size)
     win_rec = Windows(anchor[:, 0], anchor[:, 1], root_pos, cache, size)
-    p = boxes.numel()
-    k = recorded[e].shape[1] // graph.nodes[e].shape[0]
-    lam = win_rec.gather(recorded[e], (0, 0), window).view(p, k, -1, *window)
-    differs = win_box.gather(plan.entry_mask.unsqueeze(1).to(lam.dtype), (0, 0), window).view(p, 1, 1, *window)
+    lam = win_rec.gather(recorded[e], (0, 0), window)[0]  # (P, K, C, ph, pw)
+    differs = win_box.gather(plan.entry_mask.unsqueeze(1).to(lam.dtype), (0, 0), window)[0]  # (P, 1, 1, ph, pw)
     lam = lam * differs
 
     def gathered(win: Windows) -> tuple:
         out = []
         for t in relax[e]:
             g = win.gather(t.to(torch.float64 if t.dtype == torch.long else lam.dtype), (0, 0), window)
-            out.append(g.view(p, *g.shape[3:]).to(t.dtype))
+            out.append(g[0, :, 0].to(t.dtype))  # (P, C, ph, pw)
         return tuple(out)
 
     origin = plan.anchor[pairs]

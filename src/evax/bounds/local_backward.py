@@ -75,7 +75,7 @@ class Windows:
 
     def _padded(self, t: torch.Tensor, offset: tuple[int, int], window: tuple[int, int]):
         """``t`` zero-padded so that every window of every position of the map is inside, as
-        ``(B, Hp, Wp, C)``, with the padding added on top/left."""
+        ``(B, [K,] Hp, Wp, C)``, with the padding added on top/left."""
         key = (id(t), offset, window, self._size)
         hit = self._cache.get(key)
         if hit is not None and hit[0] is t:
@@ -85,7 +85,7 @@ class Windows:
         top, left = max(0, -oh), max(0, -ow)
         bottom = max(0, self._size[0] - 1 + oh + rh - h)
         right = max(0, self._size[1] - 1 + ow + rw - w)
-        padded = F.pad(t, (left, right, top, bottom)).permute(0, 2, 3, 1).contiguous()
+        padded = F.pad(t, (left, right, top, bottom)).movedim(-3, -1).contiguous()
         self._cache[key] = (t, padded, (top, left))
         return padded, (top, left)
 
@@ -99,19 +99,27 @@ class Windows:
         return hit[1]
 
     def gather(self, t: torch.Tensor, offset: tuple[int, int], window: tuple[int, int]) -> torch.Tensor:
-        """``t`` ``(B, C, H, W)`` read on each position's window ``[pos + offset, + R)`` (zero
-        outside the map)."""
+        """``t`` ``(B, C, H, W)`` (or ``(B, K, C, H, W)``: ``K`` maps per box) read on each
+        position's window ``[pos + offset, + R)`` (zero outside the map): ``(B, P, K, C, Rh,
+        Rw)`` (``K = 1`` for a single map), stored with channels innermost -- the layout of the
+        multipliers after a transposed convolution on the CPU, so that elementwise rules mixing
+        the two run on matching strides."""
         (oh, ow), (rh, rw) = offset, window
         padded, (top, left) = self._padded(t, offset, window)
-        b, c = padded.shape[0], padded.shape[3]
+        if padded.ndim == 4:
+            padded = padded.unsqueeze(1)
+        b, k, hp, wp, c = padded.shape
         s = padded.stride()
-        hw = padded.shape[1] - rh + 1, padded.shape[2] - rw + 1
-        windows = padded.as_strided((b, hw[0], hw[1], c, rh, rw), (s[0], s[1], s[2], s[3], s[1], s[2]))
+        windows = padded.as_strided(
+            (b, hp - rh + 1, wp - rw + 1, k, rh, rw, c), (s[0], s[2], s[3], s[1], s[2], s[3], s[4])
+        )
         rows, cols = self.pos_h + oh + top, self.pos_w + ow + left
         if self.box is None:
-            return windows[:, rows, cols].unsqueeze(2)
-        box = self.box if b > 1 else torch.zeros_like(self.box)
-        return windows[box, rows, cols].unsqueeze(0).unsqueeze(2)
+            got = windows[:, rows, cols]
+        else:
+            box = self.box if b > 1 else torch.zeros_like(self.box)
+            got = windows[box, rows, cols].unsqueeze(0)
+        return got.movedim(-1, -3)
 
     def valid(self, offset, window, shape_hw) -> torch.Tensor:
         """``(1, P, 1, 1, Rh, Rw)`` mask of the window entries inside an ``H x W`` map."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from evax.bounds.delta_backward import as_maps, delta_lower, plan_delta
+from evax.bounds.delta_backward import delta_lower, plan_delta, root_pass
 from evax.bounds.graph import Graph
 from evax.bounds.local_backward import local_lower_bounds, stem_chain, stem_window
 from evax.bounds.local_forms import LocalForm, concretize_local, densify, input_local_form, local_forward
@@ -405,7 +405,7 @@ class Propagator:
             part = slice(k0, k0 + row_step)
             record = dict.fromkeys(plan.recorded)
             low_root = view._pull_back({start: lam[:, part]}, None if const is None else const[:, part], record=record)
-            record = as_maps(record, roots.numel())
+            record = root_pass(g, plan, self.relax, record)
             pairs = max(1, self.patch_budget // (per_pair * low_root.shape[1]))
             cache: dict = {}
             diffs = [

@@ -4,7 +4,7 @@ A backward pass through a convolution applies its transpose to the multipliers: 
 h, w) -> (R, C_in, H, W)`` for ``R`` rows (boxes x specification rows, or (box, position) pairs x
 rows on the patch path). On the CPU, oneDNN runs it about 1.8x faster with channels-last
 tensors; when the op's input has only a few channels (an RGB or grey image: the first layer),
-one GEMM ``(R h w, C_out) @ (C_out, C_in k_h k_w)`` followed by ``col2im`` is 1.5-3x faster
+one GEMM ``(R h w, C_out) @ (C_out, C_in k_h k_w)`` followed by a col2im is 1.5-3x faster
 still (oneDNN's kernels are poor at 1-3 output channels). The channels-last path returns a
 strided view of the usual NCHW shape, which every elementwise rule preserves, so the next
 convolution finds its input in its layout.
@@ -52,14 +52,20 @@ class TransposedConv:
         return F.conv_transpose2d(lam, weight, None, self.stride, padding, output_padding, self.groups, self.dilation)
 
     def _gemm(self, lam: torch.Tensor, padding) -> torch.Tensor:
-        """Stride 1, one group: ``cols = lam^T W`` per pixel (one GEMM), then ``col2im``
-        (``F.fold``) adds each kernel tap's columns at its shift and crops ``padding``."""
+        """Stride 1, one group: ``cols = lam^T W`` per pixel (one GEMM), then col2im: each
+        kernel tap's columns added at its shift (``k_h k_w`` strided adds over the whole batch:
+        2-3x faster than ``F.fold``, which loops over the batch), cropped by ``padding``.
+        Returns a channels-last view."""
         c_out, c_in, kh, kw = self.weight.shape
         dh, dw = self.dilation
         ph, pw = padding
         r, _, h, w = lam.shape
         matrix = self._layout("gemm", lambda t: t.reshape(c_out, c_in * kh * kw))
         rows = lam.permute(0, 2, 3, 1).reshape(r * h * w, c_out)  # a view when lam is channels-last
-        cols = (rows @ matrix).view(r, h * w, c_in * kh * kw).transpose(1, 2)
-        size = (h + dh * (kh - 1) - 2 * ph, w + dw * (kw - 1) - 2 * pw)
-        return F.fold(cols, size, (kh, kw), dilation=(dh, dw), padding=(ph, pw))
+        cols = (rows @ matrix).view(r, h, w, c_in, kh, kw)
+        full = torch.zeros((r, h + dh * (kh - 1), w + dw * (kw - 1), c_in), device=lam.device, dtype=lam.dtype)
+        for y in range(kh):
+            for x in range(kw):
+                full[:, y * dh : y * dh + h, x * dw : x * dw + w] += cols[..., y, x]
+        out = full[:, ph : full.shape[1] - ph, pw : full.shape[2] - pw]
+        return out.permute(0, 3, 1, 2)

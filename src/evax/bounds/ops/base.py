@@ -354,6 +354,14 @@ class ElementwiseOp(Op):
         bu = signed_combine(a_u, form.bu, form.bl) + b_u
         return LocalForm(al, bl, au, bu, form.offset, form.shape)
 
+    def const_map(self, lam: torch.Tensor, relaxation) -> torch.Tensor:
+        """Each neuron's share of :meth:`backward`'s constant, ``(B, K, C, H, W)``: the
+        constant is its sum over the neurons (:mod:`evax.bounds.delta_backward` sums it over
+        windows)."""
+        _, b_l, _, b_u = relaxation
+        b_l, b_u = per_row(b_l, lam), per_row(b_u, lam)
+        return lam.clamp_max(0) * (b_u - b_l) + lam * b_l
+
     def local_backward(self, lam, const, offset, windows, relaxation, shape, in_shape):
         from evax.bounds.local_backward import window_dot
 
