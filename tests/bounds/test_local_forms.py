@@ -279,3 +279,36 @@ def test_chunks_share_their_groups_root(monkeypatch):
     # the root (box 0 or 17) of its boxes from an earlier chunk.
     assert seen == [6, 7, 7, 7, 7, 5]
     _assert_close((chunked.lower, chunked.upper), (whole.lower, whole.upper))
+
+
+def test_a_roots_stem_bounds_are_reused_by_later_chunks(monkeypatch):
+    """With a shared cache, a chunk that holds a root again takes its stem bounds from the chunk
+    that computed them (fewer positions computed) and gets the same bounds."""
+    import evax.bounds.propagate as propagate
+
+    model = conv_stem(seed=8)
+    gen = torch.Generator().manual_seed(5)
+    inset = _eva_boxes(torch.rand((1, 3, 12, 12), generator=gen), n_side=4, eps=0.15)
+    graph = get_graph(model, inset.shape, torch.device("cpu"), torch.float32)
+    pairs: list[int] = []
+    count = propagate.local_lower_bounds
+
+    def counting(graph, chain, positions, *args, **kwargs):
+        pairs.append(positions.numel())
+        return count(graph, chain, positions, *args, **kwargs)
+
+    monkeypatch.setattr(propagate, "local_lower_bounds", counting)
+    first, second = torch.arange(0, 9), torch.cat([torch.tensor([0]), torch.arange(9, 17)])
+    results = {}
+    for shared in (True, False):
+        cache: dict = {}
+        pairs.clear()
+        for index in (first, second):
+            kwargs = {"stem_cache": cache, "box_ids": index} if shared else {}
+            results[shared, int(index[-1])] = Propagator(
+                graph, inset.select(index), frozenset({"backward"}), **kwargs
+            ).run(None)
+        results[shared] = sum(pairs)
+    assert results[True] < results[False]
+    for last in (8, 16):
+        _assert_close(results[True, last], results[False, last])

@@ -114,7 +114,7 @@ def _check_spec(spec, n: int, n_out: int, device, dtype) -> torch.Tensor | None:
 
 
 def _run_combination(graph: Graph, inset: PerturbationSet, methods: frozenset[str], spec,
-                     alpha: AlphaOptions | None = None, side: str = "both"):
+                     alpha: AlphaOptions | None = None, side: str = "both", chunk: dict | None = None):
     """Coupled propagation of ``methods``, intersected with members run on their own.
 
     Relaxations (CROWN's adaptive ReLU slope, the max-pool argmax) are not monotone in the
@@ -129,14 +129,17 @@ def _run_combination(graph: Graph, inset: PerturbationSet, methods: frozenset[st
     backward runs (:func:`~evax.bounds.propagate.forward_dominated`: they cannot tighten it), so
     ``ibp+forward+backward`` costs the coupled ``ibp+backward`` run plus forward's standalone
     run, whose own intermediate bounds build other relaxations.
+
+    ``chunk``: ``stem_cache`` and ``box_ids`` for the propagators (see :class:`Propagator`).
     """
-    coupled = Propagator(graph, inset, methods, alpha=alpha)
+    chunk = chunk or {}
+    coupled = Propagator(graph, inset, methods, alpha=alpha, **chunk)
     lo, hi = coupled.run(spec, side)
     if len(methods) > 1:
         for member in sorted(methods - {"ibp"}):
             if coupled.dominated(member):
                 continue  # its standalone run would rebuild the coupled run's relaxations
-            lo_m, hi_m = Propagator(graph, inset, frozenset({member}), alpha=alpha).run(spec, side)
+            lo_m, hi_m = Propagator(graph, inset, frozenset({member}), alpha=alpha, **chunk).run(spec, side)
             lo, hi = torch.maximum(lo, lo_m), torch.minimum(hi, hi_m)
     return lo, hi
 
@@ -305,13 +308,17 @@ def bound(
                     largest = estimate_largest_tensor(graph, methods) * itemsize
                     batch_size = max(1, min(_DEFAULT_MEMORY // per_box, _TEMPORARY_BYTES // largest))
                     batch_size = -(-n // -(-n // batch_size))  # equal chunks: no small last one
-                roots = _box_roots(inset, graph.input_shape) if shares_stem and batch_size < n else None
+                # Boxes share a stem's work only through CROWN's intermediate bounds.
+                crown_nodes = bool(methods & {"backward", "alpha-crown"})
+                roots = _box_roots(inset, graph.input_shape) if shares_stem and crown_nodes and batch_size < n else None
                 los, his = [], []
+                stem_cache: dict = {}  # roots' stem bounds, for the chunks that hold them again
                 for start in range(0, n, batch_size):
                     index = _chunk_index(start, min(n, start + batch_size), roots, device)
                     extra = index.numel() - min(batch_size, n - start)
                     sub_spec = None if spec_t is None else spec_t[index]
-                    lo, hi = _run_combination(graph, inset.select(index), methods, sub_spec, alpha, side)
+                    chunk = {"stem_cache": stem_cache, "box_ids": index} if roots is not None else None
+                    lo, hi = _run_combination(graph, inset.select(index), methods, sub_spec, alpha, side, chunk)
                     los.append(lo[extra:])
                     his.append(hi[extra:])
                 lower, upper = torch.cat(los), torch.cat(his)

@@ -115,6 +115,10 @@ class Propagator:
         delta_passes: run the dense backward passes of boxes that differ from their root on a
             few pixels as differences on a window (:mod:`evax.bounds.delta_backward`; same
             bounds); False runs every box densely, for tests.
+        stem_cache, box_ids: a dict shared by the runs over chunks of one set of boxes, and the
+            ``(N,)`` indices of this run's boxes in that set: a root's stem bounds computed by
+            one chunk are reused by the next chunk that holds the root again (prepended by
+            :func:`evax.bounds.api.bound` so that its boxes share the stem's work).
     """
 
     def __init__(
@@ -130,8 +134,12 @@ class Propagator:
         alpha: AlphaOptions | None = None,
         prune_dominated: bool = True,
         delta_passes: bool = True,
+        stem_cache: dict | None = None,
+        box_ids: torch.Tensor | None = None,
     ) -> None:
         self.delta_passes = delta_passes
+        self.stem_cache = stem_cache if box_ids is not None else None
+        self.box_ids = box_ids
         self.skip_stable = skip_stable
         self.box_budget = box_budget
         self.graph = graph
@@ -442,6 +450,13 @@ class Propagator:
         chunk = max(1, self.patch_budget // (8 * c * channels * rh * rw))
         centre = self.inset.reference().reshape(n, *g.input_shape)
         root, needed = self._stem_roots(chain, centre)  # (N,), (N, H*W)
+        roots = (root == torch.arange(n, device=root.device)).nonzero()[:, 0].tolist()
+        known = self.stem_cache
+        keys = {b: (self.methods, i, int(self.box_ids[b])) for b in roots} if known is not None else {}
+        for b, key in keys.items():
+            if key in known:  # computed by an earlier chunk: the same box, the same bounds
+                lower[b], upper[b] = known[key]
+                needed[b] = False
         pair_box, pair_pos = needed[:, positions].nonzero(as_tuple=True)
         pair_pos = positions[pair_pos]
         lo_all = torch.empty((c, pair_box.numel()), device=lower.device, dtype=lower.dtype)
@@ -458,6 +473,9 @@ class Propagator:
         boxes = pair_box.expand(c, -1).reshape(-1)
         lower[boxes, flat] = torch.maximum(lower[boxes, flat], lo_all.reshape(-1))
         upper[boxes, flat] = torch.minimum(upper[boxes, flat], hi_all.reshape(-1))
+        for b, key in keys.items():
+            if key not in known:
+                known[key] = (lower[b].clone(), upper[b].clone())
         copied = ~needed.repeat(1, c)  # (N, C*H*W): the root's bounds hold there
         if bool(copied.any()):
             lower.copy_(torch.where(copied, lower[root], lower))
