@@ -414,7 +414,7 @@ class Propagator:
             record = dict.fromkeys(plan.recorded)
             low_root = view._pull_back({start: lam[:, part]}, None if const is None else const[:, part], record=record)
             record = root_pass(g, plan, self.relax, record)
-            pairs = max(1, self.patch_budget // (per_pair * low_root.shape[1]))
+            pairs = max(1, self.row_budget // (per_pair * low_root.shape[1]))
             cache: dict = {}
             diffs = [
                 delta_lower(g, plan, self.relax, record, centre, radius, slice(p0, p0 + pairs), cache)
