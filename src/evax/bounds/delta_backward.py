@@ -112,9 +112,11 @@ class DeltaPlan:
         root_pos: ``(P,)`` each box's root as an index into ``roots``.
         anchor: ``(P, 2)`` top-left corner of each box's window on the stem's top node.
         window: ``(Rh, Rw)`` the window (the largest any box needs).
-            entry_anchor, entry_window: the same on the output of the op entering the stem (when
-            it is relaxed), where its relaxation differs; ``entry_mask`` ``(N, Ho, Wo)``.
         relaxed: the relaxed ops' nodes on the way (their root multipliers are read).
+        stem_inputs: the input nodes of :attr:`sums_for`.
+        entry_anchor, entry_window: the same as ``anchor``/``window`` on the output of the op
+            entering the stem (when it is relaxed), where its relaxation differs;
+            ``entry_mask`` ``(N, Ho, Wo)``.
     """
 
     top: list[int]
@@ -125,6 +127,7 @@ class DeltaPlan:
     anchor: torch.Tensor
     window: tuple[int, int]
     relaxed: list[int]
+    stem_inputs: tuple[int, ...] = ()
     entry_anchor: torch.Tensor | None = None
     entry_window: tuple[int, int] | None = None
     entry_mask: torch.Tensor | None = None
@@ -140,9 +143,6 @@ class DeltaPlan:
         """The relaxed stem ops: the root's side of their rule is read off the root's pass
         (their input's multipliers, and the prefix sums of the constant's shares)."""
         return [j for j in self.relaxed if j in self.stem]
-
-    stem_inputs: tuple[int, ...] = ()
-    """The input nodes of :attr:`sums_for`."""
 
 
 def plan_delta(
